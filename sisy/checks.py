@@ -1,0 +1,99 @@
+"""System checks (``manage.py check``): misconfiguration is caught at start-up, not at 3 a.m."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from sisy.conf import sisy_settings
+
+IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return [
+        checks.Error(problem, hint="See sisy's settings reference.", id="sisy.E003")
+        for problem in sisy_settings.validate()
+    ]
+
+
+@checks.register()
+def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    try:
+        alias = sisy_settings.CHANNEL_LAYER
+    except ValueError:
+        return []  # reported by sisy.E003
+    layer = getattr(settings, "CHANNEL_LAYERS", {}).get(alias)
+    if not layer:
+        return [
+            checks.Error(
+                f"sisy needs a channel layer, and CHANNEL_LAYERS has no {alias!r} entry.",
+                hint='Add a channels_redis layer: CHANNEL_LAYERS = {"default": {"BACKEND": '
+                '"channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://..."]}}}.',
+                id="sisy.E001",
+            )
+        ]
+    messages: list[checks.CheckMessage] = []
+    if layer.get("BACKEND") == IN_MEMORY_LAYER:
+        messages.append(
+            checks.Warning(
+                f"CHANNEL_LAYERS[{alias!r}] is the in-memory layer: workers in other processes "
+                "never receive its messages.",
+                hint="Use channels_redis for any deployment with separate worker processes.",
+                id="sisy.W001",
+            )
+        )
+    else:
+        messages.extend(_check_socket_timeout(alias, layer))
+        from sisy.heartbeat import redis_connection_kwargs
+
+        try:
+            redis_connection_kwargs()
+        except ImproperlyConfigured as exc:
+            messages.append(checks.Warning(str(exc), id="sisy.W002"))
+    return messages
+
+
+@checks.register()
+def check_modules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from sisy.modules import compile_schema, registry
+
+    messages: list[checks.CheckMessage] = []
+    for name, module_class in registry.items():
+        try:
+            compile_schema(name, module_class.schema)
+        except ImproperlyConfigured as exc:
+            messages.append(
+                checks.Error(
+                    str(exc),
+                    hint="Fix the module's `schema`; it must be a valid JSON Schema.",
+                    obj=module_class,
+                    id="sisy.E002",
+                )
+            )
+    return messages
+
+
+def _check_socket_timeout(alias: str, layer: dict[str, Any]) -> list[checks.CheckMessage]:
+    """redis-py 8 reads time out after 5 s by default: the layer's 5 s blocking pop fails."""
+    import redis
+
+    if int(redis.__version__.split(".")[0]) < 8:
+        return []
+    if not str(layer.get("BACKEND", "")).startswith("channels_redis."):
+        return []
+    hosts = layer.get("CONFIG", {}).get("hosts") or ["redis://localhost:6379"]
+    if all(isinstance(host, dict) and "socket_timeout" in host for host in hosts):
+        return []
+    return [
+        checks.Warning(
+            f"CHANNEL_LAYERS[{alias!r}] hosts set no socket_timeout: with redis-py "
+            f"{redis.__version__} every idle receive times out after 5 seconds.",
+            hint='Write each host as {"address": "redis://...", "socket_timeout": 10}.',
+            id="sisy.W003",
+        )
+    ]

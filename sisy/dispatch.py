@@ -1,0 +1,161 @@
+"""Enqueueing: store the job, then wake a worker.
+
+The row is written first and is the truth; the wake-up is sent only once the
+transaction commits, and a wake-up that cannot be sent (Redis down,
+``ChannelFull``) is logged, never raised: the clock's sweep sends it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
+
+from django.db import IntegrityError, router, transaction
+
+from sisy import spec as specs
+from sisy.conf import sisy_settings
+from sisy.exceptions import JobSpecError
+from sisy.models import Job, JobTask
+from sisy.modules import Problem
+
+logger = logging.getLogger("sisy.dispatch")
+
+RUN_MESSAGE_TYPE = "sisy.run"
+
+#: Seconds a caller waits for a wake-up to be handed to Redis before giving up.
+SEND_TIMEOUT = 5.0
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, for sending from synchronous code.
+
+    ``async_to_sync`` would start a new loop, and so a new Redis connection,
+    for every call; this keeps one loop (and the layer's pool) per process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        loop = self._ensure()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # new, or inherited by fork
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="sisy-sender", daemon=True
+                )
+                thread.start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+
+_sender = _LoopThread()
+
+
+def run_message(job_id: uuid.UUID | str) -> dict[str, str]:
+    """The wake-up for one job: tiny, built by the server, naming the job only."""
+    return {"type": RUN_MESSAGE_TYPE, "job": str(job_id)}
+
+
+def submit(spec: Any, *, channel: str | None = None) -> Job:
+    """Validate ``spec``, store it as a queued :class:`~sisy.models.Job`, wake a worker.
+
+    ``spec`` is a dict (or JSON text) in any of the three accepted shapes.
+    Raises :class:`~sisy.exceptions.JobSpecError` and stores nothing when it is
+    invalid. Inside a transaction the wake-up waits for the commit.
+    """
+    job_spec = specs.parse(spec)
+    return store(job_spec, channel=channel)
+
+
+def store(job_spec: specs.JobSpec, *, channel: str | None = None) -> Job:
+    """Insert an already validated job and its tasks; send the wake-up on commit."""
+    job = Job(
+        job_id=job_spec.job_id,
+        job_title=job_spec.title,
+        channel=channel or sisy_settings.RUN_CHANNEL,
+        max_attempts=job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
+    )
+    tasks = [
+        JobTask(job=job, position=position, module=task.module, data=task.data)
+        for position, task in enumerate(job_spec.tasks)
+    ]
+    using = router.db_for_write(Job)
+    try:
+        with transaction.atomic(using=using):
+            job.save(force_insert=True, using=using)
+            JobTask.objects.using(using).bulk_create(tasks)
+    except IntegrityError as exc:
+        if Job.objects.using(using).filter(pk=job.job_id).exists():
+            raise JobSpecError(
+                [Problem(None, "$.job_id", f"a job with id {job.job_id} already exists")]
+            ) from exc
+        raise
+    channel_name, job_id = job.channel, job.job_id
+    transaction.on_commit(lambda: wake(channel_name, [job_id]), using=using)
+    return job
+
+
+def wake(channel: str, job_ids: Iterable[uuid.UUID | str]) -> int:
+    """Send one wake-up per job on ``channel``; return how many were sent.
+
+    Never raises: a failed send leaves the job queued, and the sweep (each
+    clock tick) sends its wake-up again.
+    """
+    from channels.layers import get_channel_layer
+
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    try:
+        layer = get_channel_layer(sisy_settings.CHANNEL_LAYER)
+    except Exception:
+        logger.exception("sisy: the channel layer cannot be loaded; jobs stay queued")
+        return 0
+    if layer is None:
+        logger.warning("sisy: no channel layer is configured; %d job(s) stay queued", len(ids))
+        return 0
+    try:
+        return _sender.run(_send_all(layer, channel, ids), SEND_TIMEOUT)
+    except Exception as exc:  # the layer's transport failed; the sweep will retry
+        logger.warning(
+            "sisy: could not send wake-up on %r (%s: %s); the sweep will send it again",
+            channel,
+            type(exc).__name__,
+            exc,
+        )
+        return 0
+
+
+async def _send_all(layer: Any, channel: str, ids: list[uuid.UUID | str]) -> int:
+    from channels.exceptions import ChannelFull
+
+    sent = 0
+    for job_id in ids:
+        try:
+            await layer.send(channel, run_message(job_id))
+        except ChannelFull:
+            # A full channel means wake-ups are already pending: a woken worker
+            # keeps claiming queued jobs from the database, so this one is found.
+            logger.debug("sisy: %r is full; job %s will be found by a draining worker", channel, job_id)
+            break
+        sent += 1
+    return sent

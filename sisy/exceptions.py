@@ -1,0 +1,25 @@
+"""Exceptions sisy raises to its callers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from sisy.modules import Problem
+
+
+class JobSpecError(ValidationError):
+    """A job specification or a job task's data is invalid; nothing was stored.
+
+    ``problems`` lists each one with the task index and the JSON path, so a
+    form, an API response or a log line can say exactly what to fix.
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__([str(problem) for problem in self.problems], code="invalid_job")
+
+    def as_details(self) -> list[dict[str, Any]]:
+        return [problem.as_dict() for problem in self.problems]

@@ -1,0 +1,167 @@
+"""Worker heartbeats: one Redis key per live worker, ``worker:<worker_id>``.
+
+Every ``SISY_WORKER_HEARTBEAT_INTERVAL`` seconds (and at once on each status
+change) a worker writes its :meth:`~sisy.state.WorkerState.snapshot` as JSON
+with a TTL of ``SISY_WORKER_HEARTBEAT_TTL``; a worker that dies disappears when
+the key expires, one that exits cleanly deletes it. The same thread renews the
+lease of the job the worker is running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import close_old_connections
+
+from sisy.conf import sisy_settings
+from sisy.state import WorkerState
+
+logger = logging.getLogger("sisy.heartbeat")
+
+
+def redis_connection_kwargs() -> dict[str, Any]:
+    """How to reach the Redis that holds heartbeats.
+
+    ``SISY_REDIS_URL`` when set, else the first host of sisy's channel layer.
+    """
+    if sisy_settings.REDIS_URL:
+        return {"url": sisy_settings.REDIS_URL}
+    alias = sisy_settings.CHANNEL_LAYER
+    layer = getattr(settings, "CHANNEL_LAYERS", {}).get(alias, {})
+    hosts = layer.get("CONFIG", {}).get("hosts") or ["redis://localhost:6379"]
+    host = hosts[0]
+    if isinstance(host, str):
+        return {"url": host}
+    if isinstance(host, (tuple, list)) and len(host) == 2:
+        return {"host": host[0], "port": int(host[1])}
+    if isinstance(host, dict) and "address" in host:
+        extra = {k: v for k, v in host.items() if k != "address"}
+        address = host["address"]
+        if isinstance(address, str):
+            return {"url": address, **extra}
+        return {"host": address[0], "port": int(address[1]), **extra}
+    raise ImproperlyConfigured(
+        f"sisy cannot tell which Redis holds worker heartbeats from CHANNEL_LAYERS[{alias!r}]; "
+        "set SISY_REDIS_URL"
+    )
+
+
+def connect() -> redis.Redis:
+    options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    options.update(redis_connection_kwargs())
+    url = options.pop("url", None)
+    if url is not None:
+        return redis.Redis.from_url(url, **options)
+    return redis.Redis(**options)
+
+
+def key_for(worker_id: str) -> str:
+    return f"{sisy_settings.WORKER_KEY_PREFIX}{worker_id}"
+
+
+def publish(client: redis.Redis, state: WorkerState) -> None:
+    ttl_ms = int(sisy_settings.WORKER_HEARTBEAT_TTL * 1000)
+    client.set(key_for(state.worker_id), json.dumps(state.snapshot()), px=ttl_ms)
+
+
+def remove(client: redis.Redis, worker_id: str) -> None:
+    client.delete(key_for(worker_id))
+
+
+def live_workers(client: redis.Redis | None = None) -> list[dict[str, Any]]:
+    """Every live worker's last heartbeat, sorted by worker id.
+
+    Each dict is the JSON the worker wrote (``worker_id``, ``status``,
+    ``hostname``, ``job_id``/``job_title`` while running, ...).
+    """
+    client = client or connect()
+    prefix = sisy_settings.WORKER_KEY_PREFIX
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+    keys = sorted(client.scan_iter(match=pattern, count=1000))
+    workers = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for key, raw in zip(chunk, client.mget(chunk)):
+            if raw is None:
+                continue  # expired between SCAN and MGET
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                logger.warning("sisy: ignoring a heartbeat that is not JSON at %r", key)
+                continue
+            if isinstance(payload, dict):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                payload.setdefault("worker_id", name[len(prefix) :])
+                workers.append(payload)
+    return sorted(workers, key=lambda w: str(w.get("worker_id")))
+
+
+class HeartbeatThread(threading.Thread):
+    """Publishes ``state`` until stopped, and calls ``on_beat`` (lease renewal) each beat."""
+
+    def __init__(
+        self,
+        state: WorkerState,
+        on_beat: Callable[[WorkerState], None] | None = None,
+    ) -> None:
+        super().__init__(name="sisy-heartbeat", daemon=True)
+        self.state = state
+        self.on_beat = on_beat
+        self._stop_event = threading.Event()
+        self._client: redis.Redis | None = None
+        self._last_error = 0.0
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop beating and delete the worker's key (a clean exit)."""
+        self._stop_event.set()
+        self.state.changed.set()
+        if self.is_alive():
+            self.join(timeout)
+        try:
+            remove(self._client or connect(), self.state.worker_id)
+        except Exception as exc:
+            logger.warning("sisy: could not remove heartbeat key of %s: %s", self.state.worker_id, exc)
+
+    def run(self) -> None:
+        interval = sisy_settings.WORKER_HEARTBEAT_INTERVAL
+        next_beat = 0.0
+        while not self._stop_event.is_set():
+            now = time.monotonic()
+            self.state.changed.clear()
+            self._publish()
+            if now >= next_beat:
+                next_beat = now + interval
+                self._beat()
+            # Wake early on a status change so "in_progress" shows at once.
+            self.state.changed.wait(max(0.0, next_beat - time.monotonic()))
+        close_old_connections()
+
+    def _publish(self) -> None:
+        try:
+            if self._client is None:
+                self._client = connect()
+            publish(self._client, self.state)
+        except Exception as exc:  # Redis down: keep working, say so now and then
+            self._client = None
+            if time.monotonic() - self._last_error > 60:
+                self._last_error = time.monotonic()
+                logger.warning("sisy: worker heartbeat not published: %s", exc)
+
+    def _beat(self) -> None:
+        if self.on_beat is None:
+            return
+        try:
+            self.on_beat(self.state)
+        except Exception:
+            logger.exception("sisy: heartbeat callback failed")
+        finally:
+            close_old_connections()

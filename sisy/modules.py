@@ -1,0 +1,243 @@
+"""Modules: named, registered units of work with a JSON Schema for their data.
+
+A job is an ordered list of job tasks; each job task names a module and carries
+that module's data. The worker drives every module through one lifecycle::
+
+    module = ModuleClass(data, job=job, job_task=job_task)   # __init__
+    module.initialize()    # may raise, e.g. a binary the module needs is missing
+    module.validate()      # the data against ``schema`` (already checked at submit)
+    result = module.run()  # the work; its JSON-serialisable return value is stored
+    module.cleanup()       # always, once the module was constructed
+
+Only names registered here can be run: a job row or an HTTP request naming
+anything else fails with "unknown module" and nothing is imported.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
+from referencing import Registry
+from referencing.exceptions import NoSuchResource, Unresolvable
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS
+
+if TYPE_CHECKING:
+    from sisy.models import Job, JobTask
+
+__all__ = [
+    "Module",
+    "ModuleRegistry",
+    "Problem",
+    "registry",
+    "register",
+]
+
+ModuleT = TypeVar("ModuleT", bound="type[Module]")
+
+
+def _refuse_remote(uri: str) -> Any:
+    # sisy validates with local schemas only: a "$ref" to anything not registered
+    # locally is an error, never a network request.
+    raise NoSuchResource(ref=uri)
+
+
+#: Metaschemas plus nothing else; every lookup outside them is refused.
+LOCAL_SCHEMAS: Registry[Any] = SPECIFICATIONS.combine(Registry(retrieve=_refuse_remote))  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job specification or a job task's data.
+
+    ``task`` is the index of the job task (``None`` for the envelope), ``path``
+    a JSON path inside that task's data (or inside the envelope).
+    """
+
+    task: int | None
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "path": self.path, "message": self.message}
+
+    def __str__(self) -> str:
+        where = "job" if self.task is None else f"task {self.task}"
+        return f"{where}, {self.path}: {self.message}"
+
+
+class Module:
+    """Base class of every module.
+
+    Subclass it, set ``schema``, implement ``run()`` and register the class with
+    :func:`register`. ``self.data`` is the job task's data, already validated;
+    ``self.job`` and ``self.job_task`` are the records being run (``None`` when
+    a module is run outside a worker, e.g. in a unit test).
+    """
+
+    #: The registered name; set by :func:`register`.
+    name: ClassVar[str] = ""
+    #: JSON Schema of the data. The default accepts any object.
+    schema: ClassVar[dict[str, Any]] = {"type": "object"}
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        *,
+        job: Job | None = None,
+        job_task: JobTask | None = None,
+        reporter: Callable[[float, str], None] | None = None,
+    ) -> None:
+        self.data = data
+        self.job = job
+        self.job_task = job_task
+        self._reporter = reporter
+
+    def initialize(self) -> None:
+        """Acquire what ``run()`` needs; raise to fail the job with your message."""
+
+    def validate(self) -> None:
+        """Check ``self.data``; raises :class:`sisy.exceptions.JobSpecError`."""
+        from sisy.exceptions import JobSpecError
+
+        index = self.job_task.position if self.job_task is not None else None
+        problems = registry.validate(self.name, self.data, task=index)
+        if problems:
+            raise JobSpecError(problems)
+
+    def run(self) -> Any:
+        """Do the work. The return value, if JSON-serialisable, is stored as the result."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    def cleanup(self) -> None:
+        """Release what ``initialize()`` or ``run()`` acquired. Always called."""
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress between 0 and 1, with an optional short message."""
+        fraction = min(1.0, max(0.0, float(fraction)))
+        if self._reporter is not None:
+            self._reporter(fraction, message)
+
+
+class ModuleRegistry:
+    """Module classes by name, each with its compiled schema validator."""
+
+    def __init__(self) -> None:
+        self._modules: dict[str, type[Module]] = {}
+        self._validators: dict[str, Validator] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, module_class: type[Module]) -> type[Module]:
+        if not isinstance(name, str) or not name.strip():
+            raise ImproperlyConfigured(f"sisy module names must be non-empty strings: {name!r}")
+        if not (isinstance(module_class, type) and issubclass(module_class, Module)):
+            raise ImproperlyConfigured(
+                f"sisy module {name!r} must be a subclass of sisy.modules.Module"
+            )
+        validator = compile_schema(name, module_class.schema)
+        with self._lock:
+            existing = self._modules.get(name)
+            if existing is not None and _qualname(existing) != _qualname(module_class):
+                raise ImproperlyConfigured(
+                    f"sisy module {name!r} is already registered by {_qualname(existing)}; "
+                    f"{_qualname(module_class)} cannot take the same name"
+                )
+            module_class.name = name
+            self._modules[name] = module_class
+            self._validators[name] = validator
+        return module_class
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._modules.pop(name, None)
+            self._validators.pop(name, None)
+
+    def get(self, name: str) -> type[Module]:
+        """The module class registered as ``name``; ``KeyError`` when there is none."""
+        return self._modules[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._modules
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._modules))
+
+    def items(self) -> list[tuple[str, type[Module]]]:
+        return sorted(self._modules.items())
+
+    def validate(self, name: str, data: Any, *, task: int | None = None) -> list[Problem]:
+        """Problems of ``data`` for module ``name``: empty when it may run."""
+        if name not in self._modules:
+            return [Problem(task, "$", f"unknown module {name!r}")]
+        if not isinstance(data, Mapping):
+            return [Problem(task, "$", f"data must be a JSON object, not {_json_type(data)}")]
+        validator = self._validators[name]
+        try:
+            errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+            return [Problem(task, error.json_path, error.message) for error in errors]
+        except Unresolvable as exc:
+            return [
+                Problem(
+                    task,
+                    "$",
+                    f"module {name!r} has a schema reference that cannot be resolved "
+                    f"locally ({exc}); sisy never fetches remote schemas",
+                )
+            ]
+
+
+def compile_schema(name: str, schema: Any) -> Validator:
+    """A validator for ``schema``; ``ImproperlyConfigured`` naming ``name`` when it is invalid."""
+    if not isinstance(schema, Mapping):
+        raise ImproperlyConfigured(f"sisy module {name!r}: schema must be a dict, not {schema!r}")
+    cls = validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        raise ImproperlyConfigured(
+            f"sisy module {name!r} has an invalid JSON Schema at {exc.json_path}: {exc.message}"
+        ) from exc
+    return cls(schema, registry=LOCAL_SCHEMAS, format_checker=cls.FORMAT_CHECKER)  # type: ignore[call-arg]
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return type(value).__name__
+
+
+#: The registry every worker, view and form uses.
+registry = ModuleRegistry()
+
+
+def register(name: str) -> Callable[[ModuleT], ModuleT]:
+    """Class decorator: make a :class:`Module` subclass runnable under ``name``.
+
+    Raises ``ImproperlyConfigured`` at import time for an invalid schema or a
+    name already taken by another class.
+    """
+
+    def decorator(module_class: ModuleT) -> ModuleT:
+        registry.register(name, module_class)
+        return module_class
+
+    return decorator
+

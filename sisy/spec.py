@@ -1,0 +1,177 @@
+"""Job specifications: three accepted shapes, one canonical form.
+
+``parse()`` accepts::
+
+    {"job_title": "Encode", "job_id": "<uuid>", "tasks": [{"ffmpeg": {...}}, ...]}
+    {"job_name": "Encode", "tasks": [{"module": "ffmpeg", "data": {...}}, ...]}
+    {"job_title": "Encode", "job_id": "<uuid>", "ffmpeg": {...}}   # legacy: other keys are tasks
+
+and returns a :class:`JobSpec`, or raises :class:`~sisy.exceptions.JobSpecError`
+listing every problem with its task index and JSON path. It is pure: no
+database, no settings beyond the module registry.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sisy.exceptions import JobSpecError
+from sisy.modules import Problem, compile_schema, registry
+
+MAX_TITLE_LENGTH = 200
+MAX_TASKS = 1000
+
+#: Keys of the envelope; in the legacy shape every other key names a task.
+ENVELOPE_KEYS = frozenset({"job_title", "job_name", "job_id", "tasks", "max_attempts"})
+
+#: JSON Schema of the envelope (the task list's items are checked in code, per shape).
+ENVELOPE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "job_title": {"type": "string", "maxLength": MAX_TITLE_LENGTH},
+        "job_name": {"type": "string", "maxLength": MAX_TITLE_LENGTH},
+        "job_id": {"type": "string"},
+        "tasks": {"type": "array", "minItems": 1, "maxItems": MAX_TASKS},
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+}
+
+_envelope_validator = compile_schema("job envelope", ENVELOPE_SCHEMA)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    module: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job specification in canonical form."""
+
+    job_id: uuid.UUID
+    title: str
+    tasks: tuple[TaskSpec, ...]
+    max_attempts: int | None = None
+    #: Where each task came from, for messages: "tasks[0]" or the legacy key.
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The canonical JSON form (the second shape above, with ``job_id``)."""
+        spec: dict[str, Any] = {
+            "job_id": str(self.job_id),
+            "job_title": self.title,
+            "tasks": [{"module": t.module, "data": t.data} for t in self.tasks],
+        }
+        if self.max_attempts is not None:
+            spec["max_attempts"] = self.max_attempts
+        return spec
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+def loads(text: str | bytes) -> Any:
+    """Strict JSON: ``NaN`` and ``Infinity`` are refused, as JSON itself refuses them."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JobSpecError([Problem(None, "$", f"not valid JSON: {exc}")]) from exc
+
+
+def parse(spec: Any) -> JobSpec:
+    """Validate ``spec`` (a dict, or a JSON string) and return its canonical form."""
+    if isinstance(spec, (str, bytes, bytearray)):
+        spec = loads(spec)
+    if not isinstance(spec, Mapping):
+        raise JobSpecError([Problem(None, "$", "a job specification must be a JSON object")])
+
+    problems = [
+        Problem(None, error.json_path, error.message)
+        for error in _envelope_validator.iter_errors(dict(spec))
+    ]
+    title = _title(spec, problems)
+    job_id = _job_id(spec, problems)
+
+    if "tasks" in spec:
+        unexpected = sorted(str(k) for k in spec if k not in ENVELOPE_KEYS)
+        for key in unexpected:
+            problems.append(
+                Problem(None, f"$.{key}", "unexpected key; with 'tasks', tasks go in the list")
+            )
+        raw_tasks = spec["tasks"] if isinstance(spec["tasks"], list) else []
+        named = [(f"tasks[{i}]", *_task_item(i, item, problems)) for i, item in enumerate(raw_tasks)]
+    else:
+        named = [(str(k), str(k), v) for k, v in spec.items() if k not in ENVELOPE_KEYS]
+        if not named:
+            problems.append(Problem(None, "$", "a job needs at least one task"))
+        elif len(named) > MAX_TASKS:
+            problems.append(Problem(None, "$", f"a job has at most {MAX_TASKS} tasks"))
+
+    tasks = []
+    for index, (_source, module, data) in enumerate(named):
+        if module is None:
+            continue
+        problems.extend(registry.validate(module, data, task=index))
+        tasks.append(TaskSpec(module, dict(data) if isinstance(data, Mapping) else {}))
+
+    if problems:
+        raise JobSpecError(problems)
+    if not title:
+        title = ", ".join(t.module for t in tasks)[:MAX_TITLE_LENGTH]
+    return JobSpec(
+        job_id=job_id or uuid.uuid4(),
+        title=title,
+        tasks=tuple(tasks),
+        max_attempts=spec.get("max_attempts"),
+        sources=tuple(source for source, module, _ in named if module is not None),
+    )
+
+
+def _title(spec: Mapping[str, Any], problems: list[Problem]) -> str:
+    title, name = spec.get("job_title"), spec.get("job_name")
+    if isinstance(title, str) and isinstance(name, str) and title != name:
+        problems.append(
+            Problem(None, "$.job_name", "job_title and job_name are two names for one field")
+        )
+    value = title if isinstance(title, str) else name
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _job_id(spec: Mapping[str, Any], problems: list[Problem]) -> uuid.UUID | None:
+    raw = spec.get("job_id")
+    if raw is None or not isinstance(raw, str):
+        return None  # a wrong type was reported by the envelope schema
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        problems.append(Problem(None, "$.job_id", f"{raw[:64]!r} is not a UUID"))
+        return None
+
+
+def _task_item(index: int, item: Any, problems: list[Problem]) -> tuple[str | None, Any]:
+    """(module, data) of one entry of ``tasks``, in either list shape."""
+    if isinstance(item, Mapping) and isinstance(item.get("module"), str):
+        extra = sorted(str(k) for k in item if k not in ("module", "data"))
+        if extra:
+            problems.append(
+                Problem(index, "$", f"unexpected key {extra[0]!r} beside 'module' and 'data'")
+            )
+        return item["module"], item.get("data", {})
+    if isinstance(item, Mapping) and len(item) == 1:
+        ((module, data),) = item.items()
+        return str(module), data
+    problems.append(
+        Problem(
+            index,
+            "$",
+            'a task is {"<module>": {<data>}} or {"module": "<module>", "data": {<data>}}',
+        )
+    )
+    return None, None

@@ -1,0 +1,129 @@
+"""What this worker process is doing, shared by the runner and the heartbeat thread."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+STARTUP = "startup"
+IDLE = "idle"
+IN_PROGRESS = "in_progress"
+
+
+def default_worker_id() -> str:
+    """``<hostname>-<pid>-<random>``: unique even when a pid is reused."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    job_id: str
+    job_title: str
+    attempt: int
+
+
+class WorkerState:
+    """Status of one worker process. Thread-safe; read by the heartbeat thread."""
+
+    def __init__(self, worker_id: str | None = None, channels: tuple[str, ...] = ()) -> None:
+        self.worker_id = worker_id or default_worker_id()
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        self.started_at: datetime = timezone.now()
+        self.channels = channels
+        self.status = STARTUP
+        self.job: CurrentJob | None = None
+        self.progress: float | None = None
+        self.progress_message = ""
+        self.jobs_done = 0
+        #: Consumers currently inside the runner (claiming or running).
+        self.active = 0
+        #: Set when the process is asked to stop: no new job is claimed.
+        self.stopping = threading.Event()
+        #: Set on every status change, so the heartbeat is published at once.
+        self.changed = threading.Event()
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def set_idle(self) -> None:
+        with self._lock:
+            self.status, self.job, self.progress, self.progress_message = IDLE, None, None, ""
+        self.changed.set()
+
+    def job_started(self, job_id: str, job_title: str, attempt: int) -> None:
+        with self._lock:
+            self.status = IN_PROGRESS
+            self.job = CurrentJob(job_id, job_title, attempt)
+            self.progress, self.progress_message = 0.0, ""
+        self.changed.set()
+
+    def job_finished(self) -> None:
+        with self._lock:
+            self.jobs_done += 1
+            self.status, self.job, self.progress, self.progress_message = IDLE, None, None, ""
+        self.changed.set()
+
+    def set_progress(self, fraction: float, message: str) -> None:
+        with self._lock:
+            self.progress, self.progress_message = fraction, message
+
+    def current_job(self) -> CurrentJob | None:
+        with self._lock:
+            return self.job
+
+    def snapshot(self) -> dict[str, Any]:
+        """The heartbeat payload: ``status`` and ``hostname`` always, the job while one runs."""
+        with self._lock:
+            payload: dict[str, Any] = {
+                "worker_id": self.worker_id,
+                "status": self.status,
+                "hostname": self.hostname,
+                "pid": self.pid,
+                "started_at": self.started_at.isoformat(),
+                "last_seen": timezone.now().isoformat(),
+                "channels": list(self.channels),
+                "jobs_done": self.jobs_done,
+            }
+            if self.job is not None:
+                payload["job_id"] = self.job.job_id
+                payload["job_title"] = self.job.job_title
+                payload["attempt"] = self.job.attempt
+                payload["progress"] = self.progress
+                if self.progress_message:
+                    payload["progress_message"] = self.progress_message
+            return payload
+
+
+_current: WorkerState | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> WorkerState:
+    """This process's worker state, created on first use (e.g. under ``runworker``)."""
+    global _current
+    with _current_lock:
+        if _current is None or _current.pid != os.getpid():
+            _current = WorkerState()
+        return _current
+
+
+def install(state: WorkerState) -> WorkerState:
+    """Make ``state`` this process's worker state (``sisy_worker`` does at start-up)."""
+    global _current
+    with _current_lock:
+        _current = state
+        return state

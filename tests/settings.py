@@ -1,0 +1,104 @@
+"""Settings for sisy's test suite.
+
+``SISY_TEST_DATABASE`` chooses the database: ``sqlite`` (default) or
+``postgres`` (``SISY_TEST_PG_*`` for the server, trust auth on 127.0.0.1 by
+default). The Redis URL is filled in by tests/conftest.py, which starts its own
+``redis-server`` unless ``SISY_TEST_REDIS_URL`` names one.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+SECRET_KEY = "sisy-tests-only"  # noqa: S105
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.admin",
+    "channels",
+    "sisy",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+ASGI_APPLICATION = "tests.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+if os.environ.get("SISY_TEST_DATABASE", "sqlite") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            # Worker processes started by the tests connect to the test database itself.
+            "NAME": os.environ.get("SISY_TEST_DB_NAME", "postgres"),
+            "USER": os.environ.get("SISY_TEST_PG_USER", "postgres"),
+            "PASSWORD": os.environ.get("SISY_TEST_PG_PASSWORD", ""),
+            "HOST": os.environ.get("SISY_TEST_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("SISY_TEST_PG_PORT", "5432"),
+            "TEST": {"NAME": os.environ.get("SISY_TEST_DB_NAME", f"test_sisy_{os.getpid()}")},
+        }
+    }
+else:
+    # A file, not :memory:, so that worker processes share it with the tests.
+    _db = os.environ.get("SISY_TEST_DB_NAME") or str(
+        Path(os.environ.get("TMPDIR", "/tmp")) / f"sisy-test-{os.getpid()}.sqlite3"
+    )
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _db,
+            "TEST": {"NAME": _db},
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+
+REDIS_URL = os.environ.get("SISY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # redis-py >= 8 times reads out after 5 s by default, which breaks the
+        # layer's blocking pop: give the socket more than the pop's 5 s.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}]},
+    }
+}
+
+SISY_WORKER_HEARTBEAT_INTERVAL = 0.5
+SISY_WORKER_HEARTBEAT_TTL = 3
+SISY_JOB_LEASE = 5
+SISY_REDISPATCH_AFTER = 0
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"sisy": {"handlers": ["console"], "level": os.environ.get("SISY_LOG_LEVEL", "WARNING")}},
+}

@@ -1,0 +1,153 @@
+"""End to end: real Redis, real worker processes, the public API."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+
+import pytest
+from django.core.management import call_command
+
+import sisy
+from sisy.heartbeat import live_workers
+from sisy.models import Job, JobStatus, JobTaskStatus
+from tests.conftest import Workers, wait_for
+from tests.testapp.sisy_modules import recorded
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def finished(job: Job, timeout: float = 30) -> Job:
+    def done() -> Job | None:
+        job.refresh_from_db()
+        return job if job.is_finished else None
+
+    return wait_for(done, timeout, f"job {job.job_id} to finish")
+
+
+def test_three_task_job_runs_in_order_and_records_results(workers: Workers) -> None:
+    workers.start()
+    job = sisy.submit(
+        {
+            "job_title": "three",
+            "tasks": [{"record": {"label": "a"}}, {"record": {"label": "b"}}, {"record": {"label": "c"}}],
+        }
+    )
+    job = finished(job)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.attempts == 1
+    assert job.worker
+    assert job.started_at and job.finished_at and job.started_at <= job.finished_at
+    assert recorded("runs") == ["a", "b", "c"]
+    tasks = job.ordered_tasks()
+    assert [t.status for t in tasks] == [JobTaskStatus.SUCCEEDED] * 3
+    assert [t.result["label"] for t in tasks] == ["a", "b", "c"]
+    assert all(t.started_at and t.finished_at for t in tasks)
+    assert all(t.progress == 1.0 for t in tasks)
+
+
+def test_plain_runworker_executes_jobs(workers: Workers) -> None:
+    workers.start("sisy.run", command="runworker")
+    job = finished(sisy.submit({"job_name": "plain", "tasks": [{"module": "record", "data": {"label": "x"}}]}))
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert recorded("runs") == ["x"]
+
+
+def test_initialization_failure_fails_the_job_and_skips_the_rest(workers: Workers) -> None:
+    workers.start()
+    job = sisy.submit(
+        {"job_title": "t", "tasks": [{"record": {"label": "first"}}, {"missing_binary": {}}, {"record": {"label": "never"}}]}
+    )
+    job = finished(job)
+    assert job.status == JobStatus.FAILED
+    assert "task 1 (missing_binary) failed: the 'sisy-no-such-binary' program is not installed" in job.error
+    statuses = [t.status for t in job.ordered_tasks()]
+    assert statuses == [JobTaskStatus.SUCCEEDED, JobTaskStatus.FAILED, JobTaskStatus.SKIPPED]
+    assert "Traceback" in job.ordered_tasks()[1].error
+    assert recorded("runs") == ["first"]
+
+
+def test_cleanup_runs_after_a_failing_run(workers: Workers) -> None:
+    workers.start()
+    job = finished(sisy.submit({"job_title": "t", "fail": {"message": "boom"}}))
+    assert job.status == JobStatus.FAILED
+    assert "boom" in job.error
+    assert "RuntimeError: boom" in job.ordered_tasks()[0].error
+    assert recorded("cleanups") == ["boom"]
+
+
+def test_heartbeat_shows_the_running_job_then_idle(workers: Workers) -> None:
+    workers.start("--worker-id", "hb-1")
+
+    def status(expected: str) -> dict | None:
+        for worker in live_workers():
+            if worker["worker_id"] == "hb-1" and worker["status"] == expected:
+                return worker
+        return None
+
+    wait_for(lambda: status("idle"), 20, "worker to publish idle")
+    job = sisy.submit({"job_title": "slow one", "tasks": [{"slow": {"seconds": 2}}]})
+    running = wait_for(lambda: status("in_progress"), 20, "in_progress heartbeat")
+    assert running["job_id"] == str(job.job_id)
+    assert running["job_title"] == "slow one"
+    assert running["hostname"]
+    finished(job)
+    idle = wait_for(lambda: status("idle"), 20, "idle heartbeat after the job")
+    assert "job_id" not in idle
+
+
+def test_worker_key_is_removed_on_sigterm_and_exit_is_clean(workers: Workers, redis) -> None:
+    process = workers.start("--worker-id", "bye-1")
+    wait_for(lambda: redis.get("worker:bye-1"), 20, "heartbeat key")
+    payload = json.loads(redis.get("worker:bye-1"))
+    assert payload["status"] in ("startup", "idle")
+    assert 0 < redis.pttl("worker:bye-1") <= 3000
+    assert workers.stop(process) == 0
+    assert redis.get("worker:bye-1") is None
+
+
+def test_sigterm_lets_the_running_job_finish(workers: Workers) -> None:
+    process = workers.start("--worker-id", "term-1")
+    job = sisy.submit({"job_title": "finish me", "tasks": [{"slow": {"seconds": 1.5}}]})
+
+    def running() -> bool:
+        job.refresh_from_db()
+        return job.status == JobStatus.IN_PROGRESS
+
+    wait_for(running, 20, "job to start")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+
+
+def test_lost_wakeup_is_recovered_by_one_clock_tick(workers: Workers, redis) -> None:
+    job = sisy.submit({"job_title": "orphan", "tasks": [{"record": {"label": "late"}}]})
+    # The wake-up is in Redis; delete it as a flush or an expiry would.
+    assert redis.exists("asgisisy.run")
+    redis.flushdb()
+    process = workers.start()
+    wait_for(lambda: any(w["pid"] == process.pid for w in live_workers()), 20, "worker up")
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    call_command("sisy_heartbeat", "--once", verbosity=0)
+    job = finished(job)
+    assert job.status == JobStatus.SUCCEEDED
+    assert recorded("runs") == ["late"]
+
+
+def test_two_workers_run_each_of_500_jobs_exactly_once(workers: Workers) -> None:
+    workers.start("--worker-id", "many-1")
+    workers.start("--worker-id", "many-2")
+    jobs = [sisy.submit({"job_title": f"j{i}", "record": {"label": str(i)}}) for i in range(500)]
+
+    def all_done() -> bool:
+        return Job.objects.filter(status=JobStatus.SUCCEEDED).count() == len(jobs)
+
+    wait_for(all_done, 120, "500 jobs to succeed")
+    runs = Counter(recorded("runs"))
+    assert len(runs) == 500
+    assert set(runs.values()) == {1}, [label for label, n in runs.items() if n > 1]
+    assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+    assert Job.objects.values("worker").distinct().count() == 2
