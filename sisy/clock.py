@@ -55,11 +55,15 @@ def reap_expired_leases(now: datetime) -> tuple[int, int]:
     lost_ids = list(expired.filter(attempts__gte=F("max_attempts")).values_list("pk", flat=True))
     lost = 0
     if lost_ids:
-        lost = Job.objects.expired_leases(now).filter(pk__in=lost_ids).update(
-            status=JobStatus.FAILED,
-            finished_at=now,
-            lease_expires_at=None,
-            error="worker lost: the job's lease expired on its last allowed attempt",
+        lost = (
+            Job.objects.expired_leases(now)
+            .filter(pk__in=lost_ids)
+            .update(
+                status=JobStatus.FAILED,
+                finished_at=now,
+                lease_expires_at=None,
+                error="worker lost: the job's lease expired on its last allowed attempt",
+            )
         )
         JobTask.objects.filter(
             job__in=lost_ids, status__in=[JobTaskStatus.PENDING, JobTaskStatus.RUNNING]
@@ -83,7 +87,9 @@ def redispatch_stale(now: datetime) -> int:
     sent = 0
     for channel in channels:
         ids = list(
-            stale.filter(channel=channel).order_by("created_at").values_list("pk", flat=True)[:limit]
+            stale.filter(channel=channel)
+            .order_by("created_at")
+            .values_list("pk", flat=True)[:limit]
         )
         sent += dispatch.wake(channel, ids)
     return sent

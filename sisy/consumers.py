@@ -57,6 +57,8 @@ class HeartbeatConsumer(_TolerantConsumer):
         sent_at = message.get("time")
         period = sisy_settings.HEARTBEAT_FREQUENCY
         if isinstance(sent_at, (int, float)) and time.time() - sent_at > period:
-            logger.info("sisy: dropping a tick %.1fs old (period %.1fs)", time.time() - sent_at, period)
+            logger.info(
+                "sisy: dropping a tick %.1fs old (period %.1fs)", time.time() - sent_at, period
+            )
             return
         clock.tick()

@@ -59,9 +59,7 @@ class _LoopThread:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():  # new, or inherited by fork
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="sisy-sender", daemon=True
-                )
+                thread = threading.Thread(target=loop.run_forever, name="sisy-sender", daemon=True)
                 thread.start()
                 self._loop, self._pid = loop, os.getpid()
             return self._loop
@@ -155,7 +153,9 @@ async def _send_all(layer: Any, channel: str, ids: list[uuid.UUID | str]) -> int
         except ChannelFull:
             # A full channel means wake-ups are already pending: a woken worker
             # keeps claiming queued jobs from the database, so this one is found.
-            logger.debug("sisy: %r is full; job %s will be found by a draining worker", channel, job_id)
+            logger.debug(
+                "sisy: %r is full; job %s will be found by a draining worker", channel, job_id
+            )
             break
         sent += 1
     return sent

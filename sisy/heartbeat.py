@@ -90,7 +90,7 @@ def live_workers(client: redis.Redis | None = None) -> list[dict[str, Any]]:
     workers = []
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
-        for key, raw in zip(chunk, client.mget(chunk)):
+        for key, raw in zip(chunk, client.mget(chunk), strict=True):
             if raw is None:
                 continue  # expired between SCAN and MGET
             try:
@@ -129,7 +129,9 @@ class HeartbeatThread(threading.Thread):
         try:
             remove(self._client or connect(), self.state.worker_id)
         except Exception as exc:
-            logger.warning("sisy: could not remove heartbeat key of %s: %s", self.state.worker_id, exc)
+            logger.warning(
+                "sisy: could not remove heartbeat key of %s: %s", self.state.worker_id, exc
+            )
 
     def run(self) -> None:
         interval = sisy_settings.WORKER_HEARTBEAT_INTERVAL

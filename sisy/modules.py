@@ -24,9 +24,9 @@ from django.core.exceptions import ImproperlyConfigured
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS
 from referencing import Registry
 from referencing.exceptions import NoSuchResource, Unresolvable
-from jsonschema_specifications import REGISTRY as SPECIFICATIONS
 
 if TYPE_CHECKING:
     from sisy.models import Job, JobTask
@@ -35,8 +35,8 @@ __all__ = [
     "Module",
     "ModuleRegistry",
     "Problem",
-    "registry",
     "register",
+    "registry",
 ]
 
 ModuleT = TypeVar("ModuleT", bound="type[Module]")
@@ -45,7 +45,7 @@ ModuleT = TypeVar("ModuleT", bound="type[Module]")
 def _refuse_remote(uri: str) -> Any:
     # sisy validates with local schemas only: a "$ref" to anything not registered
     # locally is an error, never a network request.
-    raise NoSuchResource(ref=uri)
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
 #: Metaschemas plus nothing else; every lookup outside them is refused.
@@ -196,6 +196,7 @@ def compile_schema(name: str, schema: Any) -> Validator:
     """A validator for ``schema``; ``ImproperlyConfigured`` naming ``name`` when it is invalid."""
     if not isinstance(schema, Mapping):
         raise ImproperlyConfigured(f"sisy module {name!r}: schema must be a dict, not {schema!r}")
+    schema = dict(schema)
     cls = validator_for(schema)
     try:
         cls.check_schema(schema)
@@ -203,7 +204,7 @@ def compile_schema(name: str, schema: Any) -> Validator:
         raise ImproperlyConfigured(
             f"sisy module {name!r} has an invalid JSON Schema at {exc.json_path}: {exc.message}"
         ) from exc
-    return cls(schema, registry=LOCAL_SCHEMAS, format_checker=cls.FORMAT_CHECKER)  # type: ignore[call-arg]
+    return cls(schema, registry=LOCAL_SCHEMAS, format_checker=cls.FORMAT_CHECKER)
 
 
 def _qualname(cls: type) -> str:
@@ -240,4 +241,3 @@ def register(name: str) -> Callable[[ModuleT], ModuleT]:
         return module_class
 
     return decorator
-

@@ -19,6 +19,7 @@ import logging
 import time
 import traceback
 import uuid
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -133,9 +134,9 @@ def run_job(job: Job, state: WorkerState) -> Job:
             state.worker_id,
             exc,
         )
+        job.refresh_from_db()
     finally:
         state.job_finished()
-    job.refresh_from_db()
     return job
 
 
@@ -221,16 +222,17 @@ def _json_result(value: Any) -> Any:
 
 def _finish(job: Job, status: str, error: str, tasks: list[JobTask], skip_from: int) -> None:
     now = timezone.now()
-    with transaction.atomic():
+    remaining = [t.pk for t in tasks[skip_from:] if t.status != JobTaskStatus.SUCCEEDED]
+    with transaction.atomic() if remaining else nullcontext():
         if not _fenced(job).update(
             status=status, finished_at=now, error=error, lease_expires_at=None
         ):
             raise LostJob("at completion")
-        remaining = [t.pk for t in tasks[skip_from:] if t.status != JobTaskStatus.SUCCEEDED]
         if remaining:
             JobTask.objects.filter(pk__in=remaining).update(
                 status=JobTaskStatus.SKIPPED, finished_at=now
             )
+    job.status, job.finished_at, job.error, job.lease_expires_at = status, now, error, None
 
 
 class _ProgressReporter:

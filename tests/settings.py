@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
-SECRET_KEY = "sisy-tests-only"  # noqa: S105
+SECRET_KEY = "sisy-tests-only"
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -100,5 +100,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"sisy": {"handlers": ["console"], "level": os.environ.get("SISY_LOG_LEVEL", "WARNING")}},
+    "loggers": {
+        "sisy": {"handlers": ["console"], "level": os.environ.get("SISY_LOG_LEVEL", "WARNING")}
+    },
 }

@@ -31,7 +31,11 @@ def test_three_task_job_runs_in_order_and_records_results(workers: Workers) -> N
     job = sisy.submit(
         {
             "job_title": "three",
-            "tasks": [{"record": {"label": "a"}}, {"record": {"label": "b"}}, {"record": {"label": "c"}}],
+            "tasks": [
+                {"record": {"label": "a"}},
+                {"record": {"label": "b"}},
+                {"record": {"label": "c"}},
+            ],
         }
     )
     job = finished(job)
@@ -49,7 +53,9 @@ def test_three_task_job_runs_in_order_and_records_results(workers: Workers) -> N
 
 def test_plain_runworker_executes_jobs(workers: Workers) -> None:
     workers.start("sisy.run", command="runworker")
-    job = finished(sisy.submit({"job_name": "plain", "tasks": [{"module": "record", "data": {"label": "x"}}]}))
+    job = finished(
+        sisy.submit({"job_name": "plain", "tasks": [{"module": "record", "data": {"label": "x"}}]})
+    )
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert recorded("runs") == ["x"]
 
@@ -57,11 +63,21 @@ def test_plain_runworker_executes_jobs(workers: Workers) -> None:
 def test_initialization_failure_fails_the_job_and_skips_the_rest(workers: Workers) -> None:
     workers.start()
     job = sisy.submit(
-        {"job_title": "t", "tasks": [{"record": {"label": "first"}}, {"missing_binary": {}}, {"record": {"label": "never"}}]}
+        {
+            "job_title": "t",
+            "tasks": [
+                {"record": {"label": "first"}},
+                {"missing_binary": {}},
+                {"record": {"label": "never"}},
+            ],
+        }
     )
     job = finished(job)
     assert job.status == JobStatus.FAILED
-    assert "task 1 (missing_binary) failed: the 'sisy-no-such-binary' program is not installed" in job.error
+    assert (
+        "task 1 (missing_binary) failed: the 'sisy-no-such-binary' program is not installed"
+        in job.error
+    )
     statuses = [t.status for t in job.ordered_tasks()]
     assert statuses == [JobTaskStatus.SUCCEEDED, JobTaskStatus.FAILED, JobTaskStatus.SKIPPED]
     assert "Traceback" in job.ordered_tasks()[1].error

@@ -1,8 +1,9 @@
-"""``manage.py sisy_heartbeat``: the clock, sending a tick every SISY_HEARTBEAT_FREQUENCY seconds."""
+"""``manage.py sisy_heartbeat``: the clock, a tick every SISY_HEARTBEAT_FREQUENCY seconds."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -41,8 +42,12 @@ class Command(BaseCommand):
 
         layer = get_channel_layer(options["layer"] or sisy_settings.CHANNEL_LAYER)
         if layer is None:
-            raise CommandError("No channel layer is configured: set CHANNEL_LAYERS (see sisy's docs).")
-        asyncio.run(run_clock(layer, sisy_settings.HEARTBEAT_CHANNEL, sisy_settings.HEARTBEAT_FREQUENCY))
+            raise CommandError(
+                "No channel layer is configured: set CHANNEL_LAYERS (see sisy's docs)."
+            )
+        asyncio.run(
+            run_clock(layer, sisy_settings.HEARTBEAT_CHANNEL, sisy_settings.HEARTBEAT_FREQUENCY)
+        )
 
 
 async def run_clock(layer: Any, channel: str, frequency: float) -> None:
@@ -59,7 +64,5 @@ async def run_clock(layer: Any, channel: str, frequency: float) -> None:
         except Exception as exc:  # Redis away: the next tick tries again
             logger.warning("sisy: tick not sent (%s: %s)", type(exc).__name__, exc)
         delay = frequency - (time.time() % frequency)
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
-        except asyncio.TimeoutError:
-            pass

@@ -40,7 +40,9 @@ class Command(BaseCommand):
 
         layer = get_channel_layer(options["layer"] or sisy_settings.CHANNEL_LAYER)
         if layer is None:
-            raise CommandError("No channel layer is configured: set CHANNEL_LAYERS (see sisy's docs).")
+            raise CommandError(
+                "No channel layer is configured: set CHANNEL_LAYERS (see sisy's docs)."
+            )
         if options["prefetch"] is not None and options["prefetch"] < 1:
             raise CommandError("--prefetch must be at least 1")
         channels = options["channels"] or channel_names()

@@ -1,0 +1,71 @@
+"""System checks: stable ids, a hint on how to fix."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from sisy import checks
+from sisy.modules import Module, registry
+
+REDIS = {"BACKEND": "channels_redis.core.RedisChannelLayer"}
+
+
+def ids(messages: list) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_the_test_project_is_clean() -> None:
+    call_command("check", "--fail-level", "WARNING")
+
+
+@override_settings(CHANNEL_LAYERS={})
+def test_missing_channel_layer() -> None:
+    assert ids(checks.check_channel_layer()) == ["sisy.E001"]
+
+
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}})
+def test_in_memory_layer() -> None:
+    assert ids(checks.check_channel_layer()) == ["sisy.W001"]
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {**REDIS, "CONFIG": {"hosts": ["redis://127.0.0.1:6379"]}}}
+)
+def test_redis_8_socket_timeout() -> None:
+    import redis
+
+    expected = ["sisy.W003"] if int(redis.__version__.split(".")[0]) >= 8 else []
+    assert ids(checks.check_channel_layer()) == expected
+
+
+@override_settings(
+    CHANNEL_LAYERS={
+        "default": {**REDIS, "CONFIG": {"hosts": [{"sentinels": [], "socket_timeout": 9}]}}
+    }
+)
+def test_unknown_heartbeat_redis() -> None:
+    assert ids(checks.check_channel_layer()) == ["sisy.W002"]
+
+
+@override_settings(SISY_MAX_ATTEMPTS=0)
+def test_invalid_setting_fails_manage_py_check() -> None:
+    assert ids(checks.check_settings()) == ["sisy.E003"]
+    with pytest.raises(SystemCheckError, match=r"sisy\.E003"):
+        call_command("check")
+
+
+def test_module_schema_broken_after_registration() -> None:
+    class Drifting(Module):
+        schema = {"type": "object"}
+
+    registry.register("drifting", Drifting)
+    try:
+        Drifting.schema = {"type": 12}
+        found = checks.check_modules()
+        assert ids(found) == ["sisy.E002"]
+        assert "drifting" in found[0].msg
+    finally:
+        registry.unregister("drifting")

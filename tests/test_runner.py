@@ -1,0 +1,205 @@
+"""The runner in-process: claim, lifecycle, recording, fencing, draining."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+import sisy
+from sisy import runner
+from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
+from sisy.modules import Module, registry
+from sisy.state import WorkerState
+from tests.testapp.sisy_modules import recorded
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANNEL = "sisy.run"
+MARKER = Path(tempfile.gettempdir(), "sisy-canary-imported")  # written by tests/canary_module.py
+
+
+@pytest.fixture
+def state() -> WorkerState:
+    return WorkerState(worker_id="w1", channels=(CHANNEL,))
+
+
+def test_claim_is_exclusive(state: WorkerState) -> None:
+    job = sisy.submit({"record": {"label": "a"}})
+    first = runner.claim(job.job_id, state, CHANNEL)
+    second = runner.claim(job.job_id, WorkerState(worker_id="w2"), CHANNEL)
+    assert first is not None and second is None
+    assert first.status == JobStatus.IN_PROGRESS
+    assert first.worker == "w1"
+    assert first.attempts == 1
+    assert first.lease_expires_at is not None
+
+
+def test_wakeup_for_unclaimable_or_bogus_jobs_is_a_no_op(state: WorkerState) -> None:
+    assert runner.handle_wakeup(str(uuid.uuid4()), state, CHANNEL) == 0
+    assert runner.handle_wakeup("not a uuid", state, CHANNEL) == 0
+    job = sisy.submit({"record": {"label": "a"}})
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED)
+    assert runner.handle_wakeup(str(job.job_id), state, CHANNEL) == 0
+    assert recorded("runs") == []
+
+
+def test_one_wakeup_drains_the_channel(state: WorkerState) -> None:
+    jobs = [sisy.submit({"record": {"label": str(i)}}) for i in range(5)]
+    assert runner.handle_wakeup(str(jobs[3].job_id), state, CHANNEL) == 5
+    assert recorded("runs")[0] == "3"  # the job the wake-up named runs first
+    assert sorted(recorded("runs")) == ["0", "1", "2", "3", "4"]
+    assert state.jobs_done == 5
+
+
+def test_stopping_worker_claims_nothing(state: WorkerState) -> None:
+    job = sisy.submit({"record": {"label": "a"}})
+    state.stopping.set()
+    assert runner.handle_wakeup(str(job.job_id), state, CHANNEL) == 0
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+
+
+def test_successful_job_records_results_and_timings(state: WorkerState) -> None:
+    job = sisy.submit({"tasks": [{"record": {"label": "a"}}, {"slow": {"seconds": 0.05}}]})
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.error == ""
+    assert job.lease_expires_at is None
+    first, second = job.ordered_tasks()
+    assert first.result["label"] == "a"
+    assert second.result == "slept"
+    assert second.progress == 1.0
+    assert second.progress_message == "step 10 of 10"
+    assert second.duration is not None and second.duration.total_seconds() >= 0.05
+
+
+def test_failure_skips_the_rest_and_keeps_the_traceback(state: WorkerState) -> None:
+    job = sisy.submit(
+        {"tasks": [{"fail": {"message": "disk full"}}, {"record": {"label": "never"}}]}
+    )
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.FAILED
+    assert job.error == "task 0 (fail) failed: disk full"
+    failed, skipped = job.ordered_tasks()
+    assert failed.status == JobTaskStatus.FAILED
+    assert "Traceback (most recent call last)" in failed.error
+    assert "RuntimeError: disk full" in failed.error
+    assert skipped.status == JobTaskStatus.SKIPPED
+    assert recorded("cleanups") == ["disk full"]
+    assert recorded("runs") == []
+
+
+class _Unstorable(Module):
+    def run(self) -> Any:
+        return object()
+
+
+class _CleanupFails(Module):
+    def run(self) -> str:
+        return "ran"
+
+    def cleanup(self) -> None:
+        raise OSError("temp dir vanished")
+
+
+@pytest.fixture
+def extra_modules() -> Any:
+    registry.register("unstorable", _Unstorable)
+    registry.register("cleanup_fails", _CleanupFails)
+    yield
+    registry.unregister("unstorable")
+    registry.unregister("cleanup_fails")
+
+
+@pytest.mark.usefixtures("extra_modules")
+def test_unserialisable_result_fails_clearly(state: WorkerState) -> None:
+    job = sisy.submit({"unstorable": {}})
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.FAILED
+    assert "cannot be stored as JSON" in job.error
+
+
+@pytest.mark.usefixtures("extra_modules")
+def test_failing_cleanup_fails_the_task(state: WorkerState) -> None:
+    job = sisy.submit({"cleanup_fails": {}})
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.FAILED
+    assert "OSError: temp dir vanished" in job.ordered_tasks()[0].error
+
+
+def test_forged_row_with_a_dotted_path_fails_without_importing(state: WorkerState) -> None:
+    sys.modules.pop("tests.canary_module", None)
+    MARKER.unlink(missing_ok=True)
+    job = Job.objects.create(job_title="forged", channel=CHANNEL)
+    JobTask.objects.create(job=job, position=0, module="tests.canary_module", data={})
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.FAILED
+    assert "unknown module 'tests.canary_module'" in job.error
+    assert job.ordered_tasks()[0].status == JobTaskStatus.SKIPPED
+    assert "tests.canary_module" not in sys.modules
+    assert not MARKER.exists()
+
+
+def test_worker_revalidates_data_before_the_first_task(state: WorkerState) -> None:
+    job = sisy.submit({"tasks": [{"record": {"label": "a"}}, {"record": {"label": "b"}}]})
+    JobTask.objects.filter(job=job, position=1).update(data={"label": 5})
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.FAILED
+    assert "task 1, $.label: 5 is not of type 'string'" in job.error
+    assert recorded("runs") == []
+
+
+def test_late_completion_after_reassignment_is_refused(
+    state: WorkerState, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = sisy.submit({"record": {"label": "a"}})
+    mine = runner.claim(job.job_id, state, CHANNEL)
+    # Meanwhile the lease expired, and the sweep handed the job to another worker.
+    Job.objects.filter(pk=job.pk).update(worker="w2", attempts=2)
+    with caplog.at_level(logging.WARNING, logger="sisy.runner"):
+        runner.run_job(mine, state)
+    job.refresh_from_db()
+    assert job.status == JobStatus.IN_PROGRESS
+    assert job.worker == "w2"
+    assert job.ordered_tasks()[0].status == JobTaskStatus.PENDING
+    assert "is no longer worker w1's" in caplog.text
+
+
+def test_requeued_attempt_resumes_after_succeeded_tasks(state: WorkerState) -> None:
+    job = sisy.submit({"tasks": [{"record": {"label": "a"}}, {"record": {"label": "b"}}]})
+    JobTask.objects.filter(job=job, position=0).update(status=JobTaskStatus.SUCCEEDED)
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.SUCCEEDED
+    assert recorded("runs") == ["b"]
+
+
+def test_lease_renewal_is_fenced(state: WorkerState) -> None:
+    job = sisy.submit({"record": {"label": "a"}})
+    claimed = runner.claim(job.job_id, state, CHANNEL)
+    state.job_started(str(job.job_id), job.job_title, claimed.attempts)
+    Job.objects.filter(pk=job.pk).update(lease_expires_at=claimed.started_at)
+    runner.renew_lease(state)
+    assert Job.objects.get(pk=job.pk).lease_expires_at > claimed.lease_expires_at
+    Job.objects.filter(pk=job.pk).update(worker="w2", lease_expires_at=claimed.started_at)
+    runner.renew_lease(state)
+    assert Job.objects.get(pk=job.pk).lease_expires_at == claimed.started_at
+
+
+def test_statements_per_one_task_job(state: WorkerState) -> None:
+    """The baseline the performance work improves on (printed with -s)."""
+    job = sisy.submit({"record": {"label": "a"}})
+    with CaptureQueriesContext(connection) as queries:
+        runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    statements = [q["sql"] for q in queries if not q["sql"].startswith(("BEGIN", "COMMIT"))]
+    print(f"\nstatements per one-task job, claim to completion: {len(statements)}")
+    assert Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
+    # claim, read job, read tasks, task running, task done, job done
+    assert len(statements) == 6, statements

@@ -1,0 +1,151 @@
+"""Job specifications: three shapes in, one canonical form out, every problem named."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from sisy.exceptions import JobSpecError
+from sisy.spec import JobSpec, parse
+
+JOB_ID = "1248a932-8d35-4c1e-9a6f-0f3c0e6b1a11"
+
+
+def problems(spec: object) -> list[dict]:
+    with pytest.raises(JobSpecError) as info:
+        parse(spec)
+    return info.value.as_details()
+
+
+def test_title_id_and_single_key_tasks() -> None:
+    job = parse(
+        {
+            "job_title": "Encode",
+            "job_id": JOB_ID,
+            "tasks": [{"record": {"label": "a"}}, {"slow": {"seconds": 0}}],
+        }
+    )
+    assert job == JobSpec(
+        job_id=uuid.UUID(JOB_ID),
+        title="Encode",
+        tasks=(
+            parse({"record": {"label": "a"}}).tasks[0],
+            parse({"slow": {"seconds": 0}}).tasks[0],
+        ),
+    )
+    assert [t.module for t in job.tasks] == ["record", "slow"]
+
+
+def test_job_name_and_module_data_tasks() -> None:
+    job = parse(
+        {
+            "job_name": "Encode",
+            "tasks": [{"module": "record", "data": {"label": "a"}}, {"module": "fail"}],
+        }
+    )
+    assert job.title == "Encode"
+    assert [(t.module, t.data) for t in job.tasks] == [("record", {"label": "a"}), ("fail", {})]
+    assert isinstance(job.job_id, uuid.UUID)
+
+
+def test_legacy_flat_shape_keeps_key_order() -> None:
+    job = parse(
+        {"job_title": "Encode", "job_id": JOB_ID, "slow": {"seconds": 1}, "record": {"label": "z"}}
+    )
+    assert [t.module for t in job.tasks] == ["slow", "record"]
+    assert job.job_id == uuid.UUID(JOB_ID)
+
+
+def test_all_shapes_normalise_to_the_same_canonical_form() -> None:
+    shapes = [
+        {"job_title": "T", "job_id": JOB_ID, "tasks": [{"record": {"label": "a"}}]},
+        {
+            "job_name": "T",
+            "job_id": JOB_ID,
+            "tasks": [{"module": "record", "data": {"label": "a"}}],
+        },
+        {"job_title": "T", "job_id": JOB_ID, "record": {"label": "a"}},
+    ]
+    forms = [parse(shape).as_dict() for shape in shapes]
+    assert forms[0] == forms[1] == forms[2]
+    assert parse(forms[0]) == parse(shapes[0])
+
+
+def test_json_text_is_accepted_and_nan_refused() -> None:
+    assert parse('{"record": {"label": "a"}}').tasks[0].module == "record"
+    assert problems('{"record": {"label": NaN}}')[0]["message"].startswith("not valid JSON")
+
+
+def test_default_title_names_the_modules() -> None:
+    assert parse({"tasks": [{"record": {"label": "a"}}, {"fail": {}}]}).title == "record, fail"
+
+
+def test_schema_violation_names_task_and_path() -> None:
+    found = problems({"tasks": [{"record": {"label": "ok"}}, {"record": {"label": 3}}]})
+    assert found == [{"task": 1, "path": "$.label", "message": "3 is not of type 'string'"}]
+
+
+def test_missing_required_property() -> None:
+    assert problems({"tasks": [{"record": {}}]}) == [
+        {"task": 0, "path": "$", "message": "'label' is a required property"}
+    ]
+
+
+def test_unknown_module_is_named_and_never_imported() -> None:
+    found = problems({"tasks": [{"module": "os.system", "data": {}}]})
+    assert found == [{"task": 0, "path": "$", "message": "unknown module 'os.system'"}]
+
+
+def test_non_object_data() -> None:
+    assert problems({"record": [1, 2]}) == [
+        {"task": 0, "path": "$", "message": "data must be a JSON object, not an array"}
+    ]
+
+
+def test_bad_job_id() -> None:
+    assert problems({"job_id": "not-a-uuid", "record": {"label": "a"}}) == [
+        {"task": None, "path": "$.job_id", "message": "'not-a-uuid' is not a UUID"}
+    ]
+    assert problems({"job_id": 12, "record": {"label": "a"}})[0]["path"] == "$.job_id"
+
+
+@pytest.mark.parametrize("spec", [{"job_title": "nothing"}, {"tasks": []}])
+def test_empty_task_list(spec: dict) -> None:
+    found = problems(spec)
+    assert len(found) == 1
+    assert found[0]["task"] is None
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems({"job_id": "x", "tasks": [{"record": {"label": 1}}, {"nope": {}}, "bad"]})
+    assert [(p["task"], p["path"]) for p in found] == [
+        (None, "$.job_id"),
+        (0, "$.label"),
+        (1, "$"),
+        (2, "$"),
+    ]
+
+
+def test_unexpected_envelope_key_with_tasks() -> None:
+    found = problems({"tasks": [{"record": {"label": "a"}}], "record": {"label": "b"}})
+    assert found[0]["path"] == "$.record"
+
+
+def test_conflicting_title_names() -> None:
+    assert (
+        problems({"job_title": "a", "job_name": "b", "record": {"label": "a"}})[0]["path"]
+        == "$.job_name"
+    )
+
+
+def test_not_an_object() -> None:
+    assert problems([1, 2])[0]["message"] == "a job specification must be a JSON object"
+
+
+def test_error_is_a_django_validation_error_with_readable_messages() -> None:
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        parse({"tasks": [{"record": {"label": 3}}]})
+    assert info.value.messages == ["task 0, $.label: 3 is not of type 'string'"]
