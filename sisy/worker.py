@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -84,6 +85,8 @@ class SisyWorker(Worker):
         self._signals = 0
 
     def run(self) -> None:
+        # `kill -USR1 <pid>` prints every thread's stack: how to see what a stuck worker does.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         state.install(self.state)
         start_heartbeat(self.state)
         try:

@@ -157,6 +157,8 @@ class Workers:
         try:
             return process.wait(timeout)
         except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)  # the worker prints its threads' stacks
+            time.sleep(1)
             process.kill()
             process.wait()
             raise

@@ -17,6 +17,7 @@ def ids(messages: list) -> list[str]:
     return [m.id for m in messages]
 
 
+@pytest.mark.django_db  # Django >= 6.1 runs database checks too
 def test_the_test_project_is_clean() -> None:
     call_command("check", "--fail-level", "WARNING")
 
@@ -50,6 +51,7 @@ def test_unknown_heartbeat_redis() -> None:
     assert ids(checks.check_channel_layer()) == ["sisy.W002"]
 
 
+@pytest.mark.django_db
 @override_settings(SISY_MAX_ATTEMPTS=0)
 def test_invalid_setting_fails_manage_py_check() -> None:
     assert ids(checks.check_settings()) == ["sisy.E003"]
