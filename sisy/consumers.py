@@ -19,19 +19,19 @@ logger = logging.getLogger("sisy.consumers")
 
 
 class _TolerantConsumer(SyncConsumer):
-    def dispatch(self, message: Any) -> Any:
+    async def dispatch(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             logger.warning("sisy: dropping a message without a type on %s", self._channel())
-            return None
+            return
         handler_name = message["type"].replace(".", "_")
-        if handler_name.startswith("_") or not hasattr(self, handler_name):
+        if handler_name.startswith("_") or not callable(getattr(self, handler_name, None)):
             logger.warning(
                 "sisy: dropping a message of unknown type %r on %s",
                 message["type"][:100],
                 self._channel(),
             )
-            return None
-        return super().dispatch(message)
+            return
+        await super().dispatch(message)
 
     def _channel(self) -> str:
         return str(self.scope.get("channel", "?"))

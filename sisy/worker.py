@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from typing import Any
 
 from channels.worker import Worker
@@ -85,6 +86,11 @@ class SisyWorker(Worker):
         self._signals = 0
 
     def run(self) -> None:
+        # Channels' worker hands each consumer a plain lambda as `send`, which
+        # asgiref warns about once per consumer; nothing is wrong, so say nothing.
+        warnings.filterwarnings(
+            "ignore", message="async_to_sync was passed a non-async-marked callable"
+        )
         # `kill -USR1 <pid>` prints every thread's stack: how to see what a stuck worker does.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         state.install(self.state)

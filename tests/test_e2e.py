@@ -167,3 +167,30 @@ def test_two_workers_run_each_of_500_jobs_exactly_once(workers: Workers) -> None
     assert set(runs.values()) == {1}, [label for label, n in runs.items() if n > 1]
     assert set(Job.objects.values_list("attempts", flat=True)) == {1}
     assert Job.objects.values("worker").distinct().count() == 2
+
+
+def test_poison_messages_do_not_stop_the_worker(workers: Workers, redis) -> None:
+    import time
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    process = workers.start("--worker-id", "poison-1")
+    wait_for(lambda: redis.get("worker:poison-1"), 20, "worker up")
+    layer = get_channel_layer()
+    for message in (
+        {"no": "type"},
+        {"type": "nope.nothing"},
+        {"type": "_private"},
+        {"type": "sisy.run", "job": 12},
+        {"type": "sisy.run", "job": "not-a-uuid"},
+        {"type": "sisy.run", "job": "00000000-0000-0000-0000-000000000000"},
+        {"type": "sisy.tick", "time": "yesterday"},
+    ):
+        async_to_sync(layer.send)("sisy.run", message)
+    redis.zadd("asgisisy.run", {b"\x00garbage that is not msgpack": time.time()})
+    job = finished(sisy.submit({"record": {"label": "after poison"}}))
+    assert job.status == JobStatus.SUCCEEDED
+    assert recorded("runs") == ["after poison"]
+    assert process.poll() is None
+    assert json.loads(redis.get("worker:poison-1"))["pid"] == process.pid
