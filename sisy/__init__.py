@@ -1,4 +1,4 @@
-"""sisy: background jobs and cron-like scheduled tasks for Django, run by Channels workers.
+"""sisy: background jobs for Django, run by Channels workers over Redis.
 
 The public API is importable from here without reading settings::
 

@@ -78,22 +78,44 @@ def check_modules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
     return messages
 
 
+CORE_LAYER = "channels_redis.core.RedisChannelLayer"
+#: channels-redis's RedisChannelLayer waits this long in one blocking pop.
+BLOCKING_POP_SECONDS = 5
+
+
 def _check_socket_timeout(alias: str, layer: dict[str, Any]) -> list[checks.CheckMessage]:
     """redis-py 8 reads time out after 5 s by default: the layer's 5 s blocking pop fails."""
     import redis
 
-    if int(redis.__version__.split(".")[0]) < 8:
-        return []
-    if not str(layer.get("BACKEND", "")).startswith("channels_redis."):
+    if int(redis.__version__.split(".")[0]) < 8 or layer.get("BACKEND") != CORE_LAYER:
         return []
     hosts = layer.get("CONFIG", {}).get("hosts") or ["redis://localhost:6379"]
-    if all(isinstance(host, dict) and "socket_timeout" in host for host in hosts):
+    if all(_timeout_outlasts_pop(host) for host in hosts):
         return []
     return [
         checks.Warning(
-            f"CHANNEL_LAYERS[{alias!r}] hosts set no socket_timeout: with redis-py "
-            f"{redis.__version__} every idle receive times out after 5 seconds.",
+            f"CHANNEL_LAYERS[{alias!r}] hosts need a socket_timeout longer than "
+            f"{BLOCKING_POP_SECONDS} s: with redis-py {redis.__version__} every idle receive "
+            "fails after 5 seconds otherwise.",
             hint='Write each host as {"address": "redis://...", "socket_timeout": 10}.',
             id="sisy.W003",
         )
     ]
+
+
+def _timeout_outlasts_pop(host: Any) -> bool:
+    from urllib.parse import parse_qs, urlsplit
+
+    if isinstance(host, dict):
+        if "socket_timeout" in host:
+            value = host["socket_timeout"]
+            return value is None or float(value) > BLOCKING_POP_SECONDS
+        host = host.get("address")
+    if isinstance(host, str):
+        query = parse_qs(urlsplit(host).query)
+        for value in query.get("socket_timeout", []):
+            try:
+                return float(value) > BLOCKING_POP_SECONDS
+            except ValueError:
+                return False
+    return False

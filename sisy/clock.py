@@ -29,12 +29,15 @@ TICK_MESSAGE_TYPE = "sisy.tick"
 
 @dataclass
 class TickReport:
+    """What one tick did: jobs requeued, jobs failed as lost, wake-ups sent."""
+
     requeued: int = 0
     lost: int = 0
     woken: int = 0
 
 
 def tick(now: datetime | None = None) -> TickReport:
+    """Run the clock's pass as of ``now`` (default: the current time)."""
     now = now or timezone.now()
     report = TickReport()
     report.requeued, report.lost = reap_expired_leases(now)

@@ -10,7 +10,9 @@ import logging
 import time
 from typing import Any
 
-from channels.consumer import SyncConsumer
+from asgiref.sync import sync_to_async
+from channels.consumer import AsyncConsumer, SyncConsumer
+from django.db import close_old_connections
 
 from sisy import clock, runner, worker
 from sisy.conf import sisy_settings
@@ -49,16 +51,32 @@ class RunConsumer(_TolerantConsumer):
         runner.handle_wakeup(job_id, state, self._channel())
 
 
-class HeartbeatConsumer(_TolerantConsumer):
-    """Clock ticks: run the scheduler pass; ticks older than one period are dropped."""
+class HeartbeatConsumer(AsyncConsumer):
+    """Clock ticks: run the clock's pass; ticks older than one period are dropped.
 
-    def sisy_tick(self, message: dict[str, Any]) -> None:
-        worker.ensure_running(self._channel())
-        sent_at = message.get("time")
-        period = sisy_settings.HEARTBEAT_FREQUENCY
-        if isinstance(sent_at, (int, float)) and time.time() - sent_at > period:
-            logger.info(
-                "sisy: dropping a tick %.1fs old (period %.1fs)", time.time() - sent_at, period
-            )
-            return
+    A worker runs every synchronous consumer on one thread, so a tick handled
+    there would wait behind a long job and arrive stale. Ticks run on a thread
+    of their own instead, beside the job.
+    """
+
+    async def dispatch(self, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == clock.TICK_MESSAGE_TYPE:
+            channel = str(self.scope.get("channel", "?"))
+            await sync_to_async(_tick, thread_sensitive=False)(message, channel)
+        else:
+            kind = message.get("type") if isinstance(message, dict) else None
+            logger.warning("sisy: dropping a message of type %r on the clock channel", kind)
+
+
+def _tick(message: dict[str, Any], channel: str) -> None:
+    worker.ensure_running(channel)
+    sent_at = message.get("time")
+    period = sisy_settings.HEARTBEAT_FREQUENCY
+    age = time.time() - sent_at if isinstance(sent_at, (int, float)) else 0.0
+    if age > period:
+        logger.info("sisy: dropping a tick %.1fs old (period %.1fs)", age, period)
+        return
+    try:
         clock.tick()
+    finally:
+        close_old_connections()

@@ -19,7 +19,10 @@ class JobSpecError(ValidationError):
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = list(problems)
-        super().__init__([str(problem) for problem in self.problems], code="invalid_job")
+        super().__init__(
+            [ValidationError(str(problem), code="invalid_job") for problem in self.problems]
+        )
 
     def as_details(self) -> list[dict[str, Any]]:
+        """Each problem as ``{"task": index or None, "path": "$...", "message": "..."}``."""
         return [problem.as_dict() for problem in self.problems]

@@ -49,6 +49,8 @@ def redis_connection_kwargs() -> dict[str, Any]:
         if isinstance(address, str):
             return {"url": address, **extra}
         return {"host": address[0], "port": int(address[1]), **extra}
+    if isinstance(host, dict) and "host" in host and "sentinels" not in host:
+        return dict(host)  # redis-py connection keywords, as channels-redis takes them
     raise ImproperlyConfigured(
         f"sisy cannot tell which Redis holds worker heartbeats from CHANNEL_LAYERS[{alias!r}]; "
         "set SISY_REDIS_URL"

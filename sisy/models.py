@@ -96,6 +96,7 @@ class Job(models.Model):
 
     @property
     def is_finished(self) -> bool:
+        """Succeeded, failed or cancelled: nothing will run it again."""
         return self.status in FINISHED
 
     @property
@@ -105,6 +106,7 @@ class Job(models.Model):
         return (self.finished_at or timezone.now()) - self.started_at
 
     def ordered_tasks(self) -> list[JobTask]:
+        """The job's tasks in the order they run."""
         return list(self.job_tasks.order_by("position"))
 
 

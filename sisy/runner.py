@@ -73,7 +73,9 @@ def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> J
             )
         )
         if updated:
-            return Job.objects.get(pk=pk)
+            job = Job.objects.get(pk=pk)
+            logger.debug("sisy: %s claimed job %s, attempt %d", state.worker_id, pk, job.attempts)
+            return job
     return None
 
 
@@ -233,6 +235,7 @@ def _finish(job: Job, status: str, error: str, tasks: list[JobTask], skip_from: 
                 status=JobTaskStatus.SKIPPED, finished_at=now
             )
     job.status, job.finished_at, job.error, job.lease_expires_at = status, now, error, None
+    logger.debug("sisy: job %s %s", job.pk, status)
 
 
 class _ProgressReporter:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import faulthandler
 import logging
 import os
@@ -70,6 +69,8 @@ class SisyWorker(Worker):
 
     #: Longest pause between two attempts to reach a Redis that does not answer.
     max_backoff = 5.0
+    #: Seconds to let cancelled listeners finish at shutdown.
+    listener_grace = 2.0
 
     def __init__(
         self,
@@ -113,10 +114,12 @@ class SisyWorker(Worker):
         await self._stop.wait()
         for task in listeners:
             task.cancel()
-        for task in listeners:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._wait_until_quiet()
+        # A receive cancelled while it connects to Redis may take a while to
+        # notice; it holds no job, so do not wait on it for long.
+        _, pending = await asyncio.wait(listeners, timeout=self.listener_grace)
+        if pending:
+            logger.debug("sisy: %d listener(s) still cancelling; not waiting", len(pending))
+        await self._wait_for_running_job()
         logger.info("sisy: worker %s stopped", self.state.worker_id)
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -129,15 +132,14 @@ class SisyWorker(Worker):
         if self._stop is not None:
             self._stop.set()
 
-    async def _wait_until_quiet(self) -> None:
-        """Wait until no consumer holds a message or runs a job."""
-        while True:
-            busy = self.state.active > 0 or any(
-                not details["input_queue"].empty()
-                for details in self.application_instances.values()
-            )
-            if not busy:
-                return
+    async def _wait_for_running_job(self) -> None:
+        """Wait until no consumer is inside the runner.
+
+        Wake-ups still buffered are dropped: ``stopping`` is set, and the runner
+        counts itself active before it checks ``stopping``, so none of them can
+        start a job once this sees zero.
+        """
+        while self.state.active > 0:
             await asyncio.sleep(0.05)
 
     async def listener(self, channel: str) -> None:

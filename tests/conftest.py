@@ -139,16 +139,23 @@ class Workers:
             "SISY_TEST_DB_NAME": db_name,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "SISY_LOG_LEVEL": os.environ.get("SISY_LOG_LEVEL", "DEBUG"),
         }
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
 
     def start(self, *args: str, command: str = "sisy_worker") -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "django", command, "-v", "0", *args],
-            env=self.env,
-            cwd=ROOT,
-        )
+        log = Path(tempfile.mkstemp(prefix="sisy-worker-", suffix=".log")[1])
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "django", command, "-v", "0", *args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         self.processes.append(process)
+        self.logs.append(log)
         return process
 
     def stop(self, process: subprocess.Popen[bytes], timeout: float = 20) -> int:
@@ -168,6 +175,12 @@ class Workers:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        # pytest shows a test's captured output when it fails: the workers' logs.
+        for process, log in zip(self.processes, self.logs, strict=True):
+            command = " ".join(str(arg) for arg in process.args[3:])
+            print(f"--- worker pid {process.pid}, exit {process.returncode}: {command}")
+            print(log.read_text(errors="replace"))
+            log.unlink(missing_ok=True)
 
 
 @pytest.fixture

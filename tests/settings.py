@@ -99,7 +99,12 @@ SISY_REDISPATCH_AFTER = 0
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "timed": {
+            "format": "%(asctime)s %(process)d %(threadName)s %(name)s %(levelname)s %(message)s"
+        }
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "timed"}},
     "loggers": {
         "sisy": {"handlers": ["console"], "level": os.environ.get("SISY_LOG_LEVEL", "WARNING")}
     },

@@ -71,3 +71,33 @@ def test_module_schema_broken_after_registration() -> None:
         assert "drifting" in found[0].msg
     finally:
         registry.unregister("drifting")
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [
+        ({"address": "redis://h:6379", "socket_timeout": 10}, False),
+        ({"address": "redis://h:6379", "socket_timeout": None}, False),
+        ({"address": "redis://h:6379", "socket_timeout": 5}, True),
+        ("redis://h:6379/0?socket_timeout=10", False),
+        ("redis://h:6379/0?socket_timeout=2", True),
+        (("h", 6379), True),
+    ],
+)
+def test_socket_timeout_must_outlast_the_blocking_pop(host: object, warned: bool) -> None:
+    import redis
+
+    if int(redis.__version__.split(".")[0]) < 8:
+        pytest.skip("only redis-py >= 8 shortens reads by default")
+    layers = {"default": {**REDIS, "CONFIG": {"hosts": [host]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert ("sisy.W003" in ids(checks.check_channel_layer())) is warned
+
+
+def test_pubsub_layer_needs_no_socket_timeout() -> None:
+    layer = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": ["redis://h"]},
+    }
+    with override_settings(CHANNEL_LAYERS={"default": layer}):
+        assert "sisy.W003" not in ids(checks.check_channel_layer())

@@ -194,3 +194,27 @@ def test_poison_messages_do_not_stop_the_worker(workers: Workers, redis) -> None
     assert recorded("runs") == ["after poison"]
     assert process.poll() is None
     assert json.loads(redis.get("worker:poison-1"))["pid"] == process.pid
+
+
+def test_a_tick_runs_while_the_worker_is_busy_with_a_long_job(workers: Workers, redis) -> None:
+    import time
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    workers.start("--worker-id", "busy-1")
+    slow = sisy.submit({"job_title": "long", "slow": {"seconds": 4}})
+
+    def running() -> bool:
+        slow.refresh_from_db()
+        return slow.status == JobStatus.IN_PROGRESS
+
+    wait_for(running, 20, "the long job to start")
+    sisy.submit({"job_title": "orphan", "record": {"label": "o"}})
+    redis.delete("asgisisy.run")  # its wake-up is lost
+    async_to_sync(get_channel_layer().send)(
+        "sisy.heartbeat", {"type": "sisy.tick", "time": time.time()}
+    )
+    wait_for(lambda: "sent 1 wake-up(s)" in workers.logs[0].read_text(), 3, "the tick's sweep")
+    slow.refresh_from_db()
+    assert slow.status == JobStatus.IN_PROGRESS  # the sweep did not wait for the job

@@ -93,6 +93,10 @@ def test_unreachable_redis_does_not_stop_the_thread() -> None:
             {"url": "redis://h:1", "socket_timeout": 10},
         ),
         ([{"address": ("h", 7001), "password": "p"}], {"host": "h", "port": 7001, "password": "p"}),
+        (
+            [{"host": "h", "port": 7002, "socket_timeout": 10}],
+            {"host": "h", "port": 7002, "socket_timeout": 10},
+        ),
     ],
 )
 def test_redis_location_follows_the_channel_layer(hosts: list, expected: dict) -> None:

@@ -149,3 +149,11 @@ def test_error_is_a_django_validation_error_with_readable_messages() -> None:
     with pytest.raises(ValidationError) as info:
         parse({"tasks": [{"record": {"label": 3}}]})
     assert info.value.messages == ["task 0, $.label: 3 is not of type 'string'"]
+
+
+def test_every_problem_carries_the_invalid_job_code() -> None:
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        parse({"tasks": [{"record": {"label": 3}}, {"nope": {}}]})
+    assert [error.code for error in info.value.error_list] == ["invalid_job", "invalid_job"]
