@@ -1,0 +1,1 @@
+"""The Django project of sisy's demo (see ../README.md)."""
