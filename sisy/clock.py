@@ -6,7 +6,10 @@ tick message and ``sisy_heartbeat --once`` calls it in-process. It
 - requeues running jobs whose lease expired (their worker is presumed dead),
   or fails them with "worker lost" once they used ``max_attempts``;
 - re-sends wake-ups for jobs queued longer than ``SISY_REDISPATCH_AFTER``
-  (their wake-up may have been lost: Redis flushed, channel full, expired).
+  (their wake-up may have been lost: Redis flushed, channel full, expired);
+- fires the scheduled Tasks that are due, each due run exactly once however
+  many clocks tick (row locks where the database has them, and a unique
+  constraint on the Task and the scheduled time as the backstop).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from sisy import dispatch
+from sisy import dispatch, scheduling
 from sisy.conf import sisy_settings
-from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
+from sisy.models import UNFINISHED, Job, JobStatus, JobTask, JobTaskStatus, Task
 
 logger = logging.getLogger("sisy.clock")
 
@@ -34,6 +38,8 @@ class TickReport:
     requeued: int = 0
     lost: int = 0
     woken: int = 0
+    fired: int = 0
+    skipped: int = 0
 
 
 def tick(now: datetime | None = None) -> TickReport:
@@ -42,14 +48,104 @@ def tick(now: datetime | None = None) -> TickReport:
     report = TickReport()
     report.requeued, report.lost = reap_expired_leases(now)
     report.woken = redispatch_stale(now)
-    if report.requeued or report.lost or report.woken:
+    while True:
+        fired, skipped, more = fire_due_tasks(now)
+        report.fired += fired
+        report.skipped += skipped
+        if not more:
+            break
+    if report.requeued or report.lost or report.woken or report.fired or report.skipped:
         logger.info(
-            "sisy: tick requeued %d job(s), failed %d lost job(s), sent %d wake-up(s)",
+            "sisy: tick fired %d task(s) (%d skipped: still running), requeued %d job(s), "
+            "failed %d lost job(s), sent %d wake-up(s)",
+            report.fired,
+            report.skipped,
             report.requeued,
             report.lost,
             report.woken,
         )
     return report
+
+
+TASK_MODULE = "sisy.task"
+#: Wake-ups sent for a batch of fired Tasks; woken workers drain the rest.
+MAX_WAKEUPS_PER_BATCH = 100
+
+
+def fire_due_tasks(now: datetime) -> tuple[int, int, bool]:
+    """Turn due Tasks into Jobs, one batch; returns (fired, skipped, more may be due).
+
+    One transaction and a fixed number of statements per batch, whatever the
+    number of Tasks: select the due ones (locked, skipping rows another clock
+    holds), find those with an unfinished run when overlap is not allowed,
+    insert the Jobs and their job tasks, update the Tasks.
+    """
+    batch = sisy_settings.CLOCK_BATCH
+    tz = timezone.get_default_timezone()
+    channel = sisy_settings.RUN_CHANNEL
+    with transaction.atomic():
+        due = Task.objects.due(now).order_by("next_run")
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True, of=("self",))
+        tasks = list(due[:batch])
+        if not tasks:
+            return 0, 0, False
+        exclusive = [t.pk for t in tasks if not t.allow_overlap]
+        busy = set(
+            Job.objects.filter(task__in=exclusive, status__in=UNFINISHED).values_list(
+                "task_id", flat=True
+            )
+            if exclusive
+            else ()
+        )
+        jobs: dict[int, Job] = {}
+        for task in tasks:
+            if task.pk not in busy:
+                jobs[task.pk] = Job(
+                    job_title=task.label,
+                    channel=channel,
+                    max_attempts=sisy_settings.MAX_ATTEMPTS,
+                    task=task,
+                    scheduled_for=task.next_run,
+                )
+        Job.objects.bulk_create(jobs.values(), ignore_conflicts=True)
+        # Another clock may have fired some of these runs first: keep only ours.
+        ours = set(
+            Job.objects.filter(pk__in=[j.pk for j in jobs.values()]).values_list("pk", flat=True)
+        )
+        JobTask.objects.bulk_create(
+            JobTask(job=job, position=0, module=TASK_MODULE, data={"task": task_pk})
+            for task_pk, job in jobs.items()
+            if job.pk in ours
+        )
+        changed = []
+        for task in tasks:
+            job = jobs.get(task.pk)
+            if job is not None and job.pk not in ours:
+                continue  # fired by another clock, which also moves the Task on
+            if job is not None:
+                task.run_count += 1
+                task.last_run = now
+            plan = scheduling.after_run(
+                task.schedule,
+                now,
+                tz,
+                runs=task.run_count,
+                iterations=task.iterations,
+                end_running=task.end_running,
+            )
+            task.next_run = plan.next_run
+            if plan.retire:
+                task.enabled, task.retired_at = False, now
+            changed.append(task)
+        Task.objects.bulk_update(
+            changed, ["next_run", "last_run", "run_count", "enabled", "retired_at"]
+        )
+        fired_ids = [job.pk for job in jobs.values() if job.pk in ours]
+        if fired_ids:
+            wake_ids = fired_ids[:MAX_WAKEUPS_PER_BATCH]
+            transaction.on_commit(lambda: dispatch.wake(channel, wake_ids))
+    return len(fired_ids), len(busy), len(tasks) == batch
 
 
 def reap_expired_leases(now: datetime) -> tuple[int, int]:

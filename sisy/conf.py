@@ -24,6 +24,8 @@ REDISPATCH_AFTER = 10.0
 SWEEP_MAX_WAKEUPS = 10
 WORKER_PREFETCH = 10
 MODULES: tuple[str, ...] = ()
+DEFAULT_SCHEDULE = "* * * * *"
+CLOCK_BATCH = 5000
 
 
 def _positive_number(name: str, value: Any) -> float:
@@ -150,6 +152,21 @@ class Settings:
         for item in value:
             _name("SISY_MODULES entries", item)
         return tuple(value)
+
+    @property
+    def DEFAULT_SCHEDULE(self) -> str:
+        from sisy import cron
+
+        value = _name("SISY_DEFAULT_SCHEDULE", self._get("SISY_DEFAULT_SCHEDULE", DEFAULT_SCHEDULE))
+        try:
+            cron.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"SISY_DEFAULT_SCHEDULE: {exc}") from None
+        return value
+
+    @property
+    def CLOCK_BATCH(self) -> int:
+        return _positive_int("SISY_CLOCK_BATCH", self._get("SISY_CLOCK_BATCH", CLOCK_BATCH))
 
     def validate(self) -> list[str]:
         """Read every setting once; return one message per invalid setting."""

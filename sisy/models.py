@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,190 @@ class JobTaskStatus(models.TextChoices):
 
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+UNFINISHED = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+
+
+class TaskQuerySet(models.QuerySet["Task"]):
+    def due(self, now: datetime) -> TaskQuerySet:
+        """Enabled Tasks whose next run has come."""
+        return self.filter(enabled=True, next_run__lte=now)
+
+
+class Task(models.Model):
+    """A scheduled task: a task function, its cron schedule and its run controls.
+
+    Every firing becomes a :class:`Job`, so a Task's runs have history, errors
+    and crash recovery. Create one with :func:`task_with_callable` (then
+    ``save()``), :meth:`Task.run_once` or :meth:`Task.run_iterations`.
+    """
+
+    label = models.CharField(_("label"), max_length=200, unique=True)
+    schedule = models.CharField(
+        _("schedule"), max_length=200, help_text=_("Cron: minute hour day month weekday [second].")
+    )
+    callable = models.JSONField(
+        _("task function"), help_text=_("How a worker finds the task function again.")
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    start_running = models.DateTimeField(_("start running"), null=True, blank=True)
+    end_running = models.DateTimeField(_("end running"), null=True, blank=True)
+    wait_for_schedule = models.BooleanField(
+        _("wait for schedule"),
+        default=True,
+        help_text=_(
+            "If unset, the first run is due at once rather than at the first scheduled time."
+        ),
+    )
+    iterations = models.PositiveIntegerField(
+        _("iterations"), default=0, help_text=_("How many times to run; 0 runs forever.")
+    )
+    run_count = models.PositiveIntegerField(_("runs so far"), default=0)
+    allow_overlap = models.BooleanField(
+        _("allow overlap"),
+        default=True,
+        help_text=_("If unset, a run is skipped while the previous one is queued or running."),
+    )
+    userdata = models.JSONField(_("user data"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    last_run = models.DateTimeField(_("last run"), null=True, blank=True)
+    next_run = models.DateTimeField(_("next run"), null=True, blank=True)
+    retired_at = models.DateTimeField(_("retired"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    modified_at = models.DateTimeField(_("modified"), auto_now=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("scheduled task")
+        verbose_name_plural = _("scheduled tasks")
+        ordering = ("label",)
+        indexes = [
+            models.Index(fields=["next_run"], condition=Q(enabled=True), name="sisy_task_due_idx"),
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._saved_plan = (self.schedule, self.enabled, self.start_running, self.wait_for_schedule)
+
+    def __str__(self) -> str:
+        return self.label
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Validate the schedule and work out ``next_run`` when the plan changed."""
+        from sisy import cron
+
+        cron.parse(self.schedule)  # ValueError naming the field
+        plan = (self.schedule, self.enabled, self.start_running, self.wait_for_schedule)
+        if self.enabled and (self.next_run is None or plan != self._saved_plan):
+            self._plan_first_run(timezone.now())
+        if not self.enabled:
+            self.next_run = None
+        super().save(*args, **kwargs)
+        self._saved_plan = plan
+
+    def _plan_first_run(self, now: datetime) -> None:
+        from sisy import scheduling
+
+        outcome = scheduling.first_run(
+            self.schedule,
+            now,
+            timezone.get_default_timezone(),
+            start_running=self.start_running,
+            end_running=self.end_running,
+            wait_for_schedule=self.wait_for_schedule,
+        )
+        self.next_run = outcome.next_run
+        if outcome.retire:
+            self.enabled, self.retired_at = False, now
+
+    @property
+    def is_retired(self) -> bool:
+        return self.retired_at is not None
+
+    @classmethod
+    def run_once(
+        cls,
+        the_callable: Callable[..., Any] | str,
+        delay_until: datetime | None = None,
+        *,
+        label: str | None = None,
+        userdata: dict[str, Any] | None = None,
+        pk_override: Any = None,
+    ) -> Task:
+        """Run ``the_callable`` once, as soon as possible or at ``delay_until``; saved."""
+        if delay_until is not None:
+            if timezone.is_naive(delay_until):
+                raise ValueError("delay_until must be an aware datetime")
+            if delay_until <= timezone.now():
+                raise ValueError("delay_until must be in the future")
+        task = task_with_callable(
+            the_callable, label=label, userdata=userdata, pk_override=pk_override, unique_label=True
+        )
+        task.iterations = 1
+        task.wait_for_schedule = False
+        task.start_running = delay_until
+        task.save()
+        return task
+
+    @classmethod
+    def run_iterations(
+        cls,
+        the_callable: Callable[..., Any] | str,
+        schedule: str | None = None,
+        iterations: int = 1,
+        *,
+        label: str | None = None,
+        userdata: dict[str, Any] | None = None,
+        pk_override: Any = None,
+    ) -> Task:
+        """Run ``the_callable`` on ``schedule`` for ``iterations`` runs; saved."""
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be an integer >= 1, not {iterations!r}")
+        task = task_with_callable(
+            the_callable,
+            label=label,
+            schedule=schedule,
+            userdata=userdata,
+            pk_override=pk_override,
+            unique_label=True,
+        )
+        task.iterations = iterations
+        task.save()
+        return task
+
+
+def task_with_callable(
+    the_callable: Callable[..., Any] | str,
+    label: str | None = None,
+    schedule: str | None = None,
+    userdata: dict[str, Any] | None = None,
+    pk_override: Any = None,
+    *,
+    unique_label: bool = False,
+) -> Task:
+    """An unsaved :class:`Task` running ``the_callable`` (a callable or a dotted path).
+
+    ``ValueError`` names the problem with the callable, the schedule or the
+    user data. The label defaults to the dotted path.
+    """
+    from sisy import callables, cron
+    from sisy.conf import sisy_settings
+
+    description = callables.describe(the_callable, pk_override=pk_override)
+    schedule = sisy_settings.DEFAULT_SCHEDULE if schedule is None else schedule
+    cron.parse(schedule)
+    if userdata is not None and not isinstance(userdata, dict):
+        raise ValueError(f"userdata must be a dict, not {type(userdata).__name__}")
+    if label is None:
+        label = description["path"]
+        if unique_label:
+            label = f"{label} #{uuid.uuid4().hex[:8]}"
+    return Task(label=label, schedule=schedule, callable=description, userdata=userdata or {})
+
+
+def taskinfo_with_label(label: str) -> dict[str, Any]:
+    """The stored task function description of the Task ``label`` (with ``model_pk``)."""
+    description: dict[str, Any] = Task.objects.get(label=label).callable
+    return description
 
 
 class JobQuerySet(models.QuerySet["Job"]):
@@ -74,6 +259,15 @@ class Job(models.Model):
     worker = models.CharField(_("worker"), max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True)
+    task = models.ForeignKey(
+        Task,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="jobs",
+        verbose_name=_("scheduled task"),
+    )
+    scheduled_for = models.DateTimeField(_("scheduled for"), null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -89,6 +283,8 @@ class Job(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=JobStatus.values), name="sisy_job_status_valid"
             ),
+            # Each scheduled run of a Task becomes one Job, however many clocks tick.
+            models.UniqueConstraint(fields=["task", "scheduled_for"], name="sisy_job_one_per_run"),
         ]
 
     def __str__(self) -> str:

@@ -85,6 +85,9 @@ class Module:
     name: ClassVar[str] = ""
     #: JSON Schema of the data. The default accepts any object.
     schema: ClassVar[dict[str, Any]] = {"type": "object"}
+    #: Whether job specifications may name this module. sisy's own internal
+    #: modules (running a scheduled Task) are not public: only sisy creates them.
+    public: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -171,9 +174,15 @@ class ModuleRegistry:
     def items(self) -> list[tuple[str, type[Module]]]:
         return sorted(self._modules.items())
 
-    def validate(self, name: str, data: Any, *, task: int | None = None) -> list[Problem]:
-        """Problems of ``data`` for module ``name``: empty when it may run."""
-        if name not in self._modules:
+    def validate(
+        self, name: str, data: Any, *, task: int | None = None, public_only: bool = False
+    ) -> list[Problem]:
+        """Problems of ``data`` for module ``name``: empty when it may run.
+
+        ``public_only`` refuses sisy's internal modules, as job specifications must.
+        """
+        module_class = self._modules.get(name)
+        if module_class is None or (public_only and not module_class.public):
             return [Problem(task, "$", f"unknown module {name!r}")]
         if not isinstance(data, Mapping):
             return [Problem(task, "$", f"data must be a JSON object, not {_json_type(data)}")]

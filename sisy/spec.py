@@ -120,7 +120,7 @@ def parse(spec: Any) -> JobSpec:
     for index, (_source, module, data) in enumerate(named):
         if module is None:
             continue
-        problems.extend(registry.validate(module, data, task=index))
+        problems.extend(registry.validate(module, data, task=index, public_only=True))
         tasks.append(TaskSpec(module, dict(data) if isinstance(data, Mapping) else {}))
 
     if problems:

@@ -13,6 +13,7 @@ BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "sisy-tests-only"
 DEBUG = False
 USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
 
@@ -25,6 +26,7 @@ INSTALLED_APPS = [
     "channels",
     "sisy",
     "tests.testapp",
+    "tests.migrationapp",
 ]
 
 MIDDLEWARE = [

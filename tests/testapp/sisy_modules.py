@@ -22,7 +22,8 @@ def record(kind: str, value: str) -> None:
 
 
 def recorded(kind: str) -> list[str]:
-    return [v.decode() for v in _redis().lrange(f"test:{kind}", 0, -1)]
+    values: list[bytes] = _redis().lrange(f"test:{kind}", 0, -1)  # type: ignore[assignment]
+    return [v.decode() for v in values]
 
 
 @register("record")
