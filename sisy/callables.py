@@ -87,6 +87,11 @@ def _describe_object(target: Any) -> dict[str, Any]:
     function = getattr(target, "__func__", target)
     module = getattr(function, "__module__", None)
     qualname = getattr(function, "__qualname__", "")
+    if not (inspect.isfunction(function) or inspect.ismethod(target) or inspect.isbuiltin(target)):
+        raise ValueError(
+            f"{target!r} is a callable {type(target).__name__} object, not a function: "
+            "a worker can only find a function or method again"
+        )
     if module is None or "<locals>" in qualname or "<lambda>" in qualname:
         raise ValueError(
             f"{target!r} cannot be found again by a worker: use a function defined at "

@@ -22,6 +22,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 
 @checks.register()
+def check_time_zone_support(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    if getattr(settings, "USE_TZ", True):
+        return []
+    return [
+        checks.Error(
+            "sisy schedules Tasks in aware datetimes, and USE_TZ is False.",
+            hint="Set USE_TZ = True (Django's default); schedules then follow TIME_ZONE.",
+            id="sisy.E004",
+        )
+    ]
+
+
+@checks.register()
 def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     try:
         alias = sisy_settings.CHANNEL_LAYER

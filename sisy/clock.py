@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
 from sisy import dispatch, scheduling
@@ -57,7 +58,7 @@ def tick(now: datetime | None = None) -> TickReport:
     if report.requeued or report.lost or report.woken or report.fired or report.skipped:
         logger.info(
             "sisy: tick fired %d task(s) (%d skipped: still running), requeued %d job(s), "
-            "failed %d lost job(s), sent %d wake-up(s)",
+            "failed %d lost job(s), re-sent %d wake-up(s) for stale jobs",
             report.fired,
             report.skipped,
             report.requeued,
@@ -78,74 +79,107 @@ def fire_due_tasks(now: datetime) -> tuple[int, int, bool]:
     One transaction and a fixed number of statements per batch, whatever the
     number of Tasks: select the due ones (locked, skipping rows another clock
     holds), find those with an unfinished run when overlap is not allowed,
-    insert the Jobs and their job tasks, update the Tasks.
+    insert the Jobs and their job tasks, then move the Tasks on with at most
+    four UPDATEs (fired or not, retired or not), each setting ``next_run``
+    from the few distinct values a batch has.
     """
     batch = sisy_settings.CLOCK_BATCH
     tz = timezone.get_default_timezone()
     channel = sisy_settings.RUN_CHANNEL
     with transaction.atomic():
         due = Task.objects.due(now).order_by("next_run")
-        if connection.features.has_select_for_update_skip_locked:
-            due = due.select_for_update(skip_locked=True, of=("self",))
+        features = connection.features
+        if features.has_select_for_update_skip_locked:
+            of = ("self",) if features.has_select_for_update_of else ()
+            due = due.select_for_update(skip_locked=True, of=of)
         tasks = list(due[:batch])
         if not tasks:
             return 0, 0, False
         exclusive = [t.pk for t in tasks if not t.allow_overlap]
         busy = set(
-            Job.objects.filter(task__in=exclusive, status__in=UNFINISHED).values_list(
-                "task_id", flat=True
-            )
+            Job.objects.filter(task__in=exclusive, status__in=UNFINISHED)
+            .order_by()
+            .values_list("task_id", flat=True)
             if exclusive
             else ()
         )
-        jobs: dict[int, Job] = {}
-        for task in tasks:
-            if task.pk not in busy:
-                jobs[task.pk] = Job(
-                    job_title=task.label,
-                    channel=channel,
-                    max_attempts=sisy_settings.MAX_ATTEMPTS,
-                    task=task,
-                    scheduled_for=task.next_run,
-                )
+        jobs: dict[int, Job] = {
+            task.pk: Job(
+                job_title=task.label,
+                channel=channel,
+                max_attempts=sisy_settings.MAX_ATTEMPTS,
+                task=task,
+                scheduled_for=task.next_run,
+            )
+            for task in tasks
+            if task.pk not in busy and not _past_its_end(task)
+        }
         Job.objects.bulk_create(jobs.values(), ignore_conflicts=True)
-        # Another clock may have fired some of these runs first: keep only ours.
+        # A run that already has a Job was fired before (by another clock, or
+        # a stale save put next_run back): only the Jobs inserted now are ours.
         ours = set(
-            Job.objects.filter(pk__in=[j.pk for j in jobs.values()]).values_list("pk", flat=True)
+            Job.objects.filter(pk__in=[j.pk for j in jobs.values()])
+            .order_by()
+            .values_list("pk", flat=True)
         )
         JobTask.objects.bulk_create(
             JobTask(job=job, position=0, module=TASK_MODULE, data={"task": task_pk})
             for task_pk, job in jobs.items()
             if job.pk in ours
         )
-        changed = []
+        # Move every selected Task on, grouped by outcome.
+        groups: dict[tuple[bool, bool], dict[datetime | None, list[int]]] = {}
         for task in tasks:
-            job = jobs.get(task.pk)
-            if job is not None and job.pk not in ours:
-                continue  # fired by another clock, which also moves the Task on
-            if job is not None:
-                task.run_count += 1
-                task.last_run = now
-            plan = scheduling.after_run(
-                task.schedule,
-                now,
-                tz,
-                runs=task.run_count,
-                iterations=task.iterations,
-                end_running=task.end_running,
-            )
-            task.next_run = plan.next_run
-            if plan.retire:
-                task.enabled, task.retired_at = False, now
-            changed.append(task)
-        Task.objects.bulk_update(
-            changed, ["next_run", "last_run", "run_count", "enabled", "retired_at"]
-        )
+            fired = task.pk in jobs and jobs[task.pk].pk in ours
+            runs = task.run_count + (1 if fired else 0)
+            if _past_its_end(task):
+                plan = scheduling.Plan(None, retire=True)
+            else:
+                plan = scheduling.after_run(
+                    task.schedule,
+                    now,
+                    tz,
+                    runs=runs,
+                    iterations=task.iterations,
+                    end_running=task.end_running,
+                )
+            group = groups.setdefault((fired, plan.retire), {})
+            group.setdefault(plan.next_run, []).append(task.pk)
+        for (fired, retire), by_next_run in groups.items():
+            _move_on(by_next_run, fired=fired, retire=retire, now=now)
         fired_ids = [job.pk for job in jobs.values() if job.pk in ours]
         if fired_ids:
             wake_ids = fired_ids[:MAX_WAKEUPS_PER_BATCH]
             transaction.on_commit(lambda: dispatch.wake(channel, wake_ids))
     return len(fired_ids), len(busy), len(tasks) == batch
+
+
+def _move_on(
+    by_next_run: dict[datetime | None, list[int]], *, fired: bool, retire: bool, now: datetime
+) -> None:
+    """One UPDATE for Tasks sharing an outcome; ``next_run`` by a CASE over few values."""
+    ids = [pk for pks in by_next_run.values() for pk in pks]
+    fields: dict[str, Any] = {}
+    if retire:
+        fields.update(next_run=None, enabled=False, retired_at=now)
+    elif len(by_next_run) == 1:
+        fields["next_run"] = next(iter(by_next_run))
+    else:
+        fields["next_run"] = Case(
+            *(When(pk__in=pks, then=Value(moment)) for moment, pks in by_next_run.items()),
+            output_field=DateTimeField(),
+        )
+    if fired:
+        fields.update(run_count=F("run_count") + 1, last_run=now)
+    Task.objects.filter(pk__in=ids).update(**fields)
+
+
+def _past_its_end(task: Task) -> bool:
+    """A due run that must not fire: after the window, or beyond the iterations."""
+    ends, due = task.end_running, task.next_run
+    if ends is not None and due is not None and due > ends:
+        return True
+    return bool(task.iterations) and task.run_count >= task.iterations
 
 
 def reap_expired_leases(now: datetime) -> tuple[int, int]:

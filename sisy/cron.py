@@ -98,6 +98,12 @@ def next_run(schedule: str | Schedule, after: datetime, tz: tzinfo) -> datetime 
     if after.tzinfo is None:
         raise ValueError("next_run() needs an aware datetime")
     parsed = schedule if isinstance(schedule, Schedule) else parse(schedule)
+    return _next_run(parsed, after, tz)
+
+
+@lru_cache(maxsize=1024)
+def _next_run(parsed: Schedule, after: datetime, tz: tzinfo) -> datetime | None:
+    # Cached: the clock asks this for every Task of a batch with the same `after`.
     # Walk wall-clock times from `after`'s own. Only first occurrences (fold=0)
     # and gap ends are ever run, and their instants rise with their wall times,
     # so nothing later than `after` hides before its wall time; in a fall-back

@@ -92,29 +92,60 @@ class Task(models.Model):
             models.Index(fields=["next_run"], condition=Q(enabled=True), name="sisy_task_due_idx"),
         ]
 
+    #: Fields the clock owns once a Task is stored: ``save()`` leaves them alone,
+    #: so saving a copy read before the last firing cannot turn the clock back.
+    CLOCK_FIELDS = frozenset({"run_count", "last_run", "next_run", "retired_at"})
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._saved_plan = (self.schedule, self.enabled, self.start_running, self.wait_for_schedule)
+        self._saved_plan = self._plan()
 
     def __str__(self) -> str:
         return self.label
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Validate the schedule and work out ``next_run`` when the plan changed."""
+        """Validate the schedule; work out ``next_run`` when the plan changed.
+
+        On an existing row the clock's fields (``run_count``, ``last_run``, and
+        ``next_run``/``retired_at`` unless the plan changed) are not written.
+        """
         from sisy import cron
 
         cron.parse(self.schedule)  # ValueError naming the field
-        plan = (self.schedule, self.enabled, self.start_running, self.wait_for_schedule)
-        if self.enabled and (self.next_run is None or plan != self._saved_plan):
+        plan = self._plan()
+        replanned = self._state.adding or plan != self._saved_plan
+        if self.enabled and (replanned or self.next_run is None):
+            self.retired_at = None  # (re-)enabled: not retired any more
             self._plan_first_run(timezone.now())
+            replanned = True
         if not self.enabled:
             self.next_run = None
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            skip = self.CLOCK_FIELDS - ({"next_run", "retired_at"} if replanned else set())
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in skip
+            ]
         super().save(*args, **kwargs)
         self._saved_plan = plan
+
+    def _plan(self) -> tuple[Any, ...]:
+        return (
+            self.schedule,
+            self.enabled,
+            self.start_running,
+            self.end_running,
+            self.wait_for_schedule,
+            self.iterations,
+        )
 
     def _plan_first_run(self, now: datetime) -> None:
         from sisy import scheduling
 
+        if self.iterations and self.run_count >= self.iterations:
+            self.next_run, self.enabled, self.retired_at = None, False, now
+            return
         outcome = scheduling.first_run(
             self.schedule,
             now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 import pytest
@@ -82,6 +83,7 @@ def test_missing_instance_is_a_lookup_error() -> None:
         ("no_such_package.tasks.f", "no module 'no_such_package'"),
         ("nodots", "not a dotted path"),
         (lambda message: None, "module level"),
+        (functools.partial(tasks.two_params, extra=1), "callable partial object"),
         (Gadget(name="unsaved").greet, "unsaved"),
     ],
 )

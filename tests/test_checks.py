@@ -22,6 +22,11 @@ def test_the_test_project_is_clean() -> None:
     call_command("check", "--fail-level", "WARNING")
 
 
+@override_settings(USE_TZ=False)
+def test_time_zone_support_is_required() -> None:
+    assert ids(checks.check_time_zone_support()) == ["sisy.E004"]
+
+
 @override_settings(CHANNEL_LAYERS={})
 def test_missing_channel_layer() -> None:
     assert ids(checks.check_channel_layer()) == ["sisy.E001"]

@@ -215,6 +215,6 @@ def test_a_tick_runs_while_the_worker_is_busy_with_a_long_job(workers: Workers, 
     async_to_sync(get_channel_layer().send)(
         "sisy.heartbeat", {"type": "sisy.tick", "time": time.time()}
     )
-    wait_for(lambda: "sent 1 wake-up(s)" in workers.logs[0].read_text(), 3, "the tick's sweep")
+    wait_for(lambda: "re-sent 1 wake-up(s)" in workers.logs[0].read_text(), 3, "the tick's sweep")
     slow.refresh_from_db()
     assert slow.status == JobStatus.IN_PROGRESS  # the sweep did not wait for the job

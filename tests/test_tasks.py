@@ -24,6 +24,11 @@ UTC = timezone.utc
 NOW = datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True)
+def _no_tasks() -> None:
+    Task.objects.all().delete()  # e.g. those the migration test app made at database creation
+
+
 def run_all(channel: str = "sisy.run") -> int:
     return runner.handle_wakeup(None, WorkerState(worker_id="t"), channel)
 
@@ -243,3 +248,54 @@ def test_firing_takes_a_fixed_number_of_statements() -> None:
             assert clock.fire_due_tasks(NOW)[0] == n
         counts.append(len(queries))
     assert counts[0] == counts[1], counts
+
+
+def test_saving_a_stale_copy_does_not_turn_the_clock_back() -> None:
+    task = task_with_callable(tasks.record_run, label="stale", schedule="* * * * *")
+    task.save()
+    Task.objects.filter(pk=task.pk).update(next_run=NOW)
+    stale = Task.objects.get(pk=task.pk)
+    assert clock.tick(NOW).fired == 1
+    stale.userdata = {"edited": True}
+    stale.save()  # read before the firing
+    fresh = Task.objects.get(pk=task.pk)
+    assert (fresh.run_count, fresh.next_run) == (1, NOW + timedelta(seconds=30))
+    assert fresh.userdata == {"edited": True}
+    assert clock.tick(NOW + timedelta(seconds=30)).fired == 1
+
+
+def test_a_run_that_already_has_a_job_still_moves_the_task_on() -> None:
+    task = task_with_callable(tasks.record_run, label="again", schedule="* * * * *")
+    task.save()
+    Task.objects.filter(pk=task.pk).update(next_run=NOW)
+    assert clock.tick(NOW).fired == 1
+    Task.objects.filter(pk=task.pk).update(next_run=NOW)  # as a stale write would
+    assert clock.tick(NOW + timedelta(seconds=1)).fired == 0
+    task.refresh_from_db()
+    assert task.next_run == NOW + timedelta(seconds=30) and task.run_count == 1
+
+
+def test_changing_the_end_replans_and_a_run_past_the_end_never_fires() -> None:
+    task = task_with_callable(tasks.record_run, label="end", schedule="0 * * * *")
+    task.save()
+    task.end_running = dj_timezone.now() - timedelta(seconds=1)
+    task.save()
+    assert task.is_retired
+    other = task_with_callable(tasks.record_run, label="late", schedule="* * * * *")
+    other.save()
+    Task.objects.filter(pk=other.pk).update(next_run=NOW, end_running=NOW - timedelta(minutes=1))
+    report = clock.tick(NOW)
+    assert report.fired == 0
+    other.refresh_from_db()
+    assert other.is_retired and not Job.objects.filter(task=other).exists()
+
+
+def test_re_enabling_a_retired_task_clears_its_retirement() -> None:
+    task = Task.run_once(tasks.record_run, label="again-once")
+    clock.tick(dj_timezone.now())
+    task.refresh_from_db()
+    assert task.is_retired
+    task.iterations = 2
+    task.enabled = True
+    task.save()
+    assert task.enabled and not task.is_retired and task.next_run is not None

@@ -34,7 +34,8 @@ class Command(BaseCommand):
             report = clock.tick()
             if options["verbosity"] >= 1:
                 self.stdout.write(
-                    f"tick: {report.requeued} requeued, {report.lost} lost, "
+                    f"tick: {report.fired} task(s) fired, {report.skipped} skipped (overlap), "
+                    f"{report.requeued} requeued, {report.lost} lost, "
                     f"{report.woken} wake-up(s) sent"
                 )
             return
