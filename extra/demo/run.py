@@ -9,10 +9,16 @@
 3. Migrates the demo project's database (SQLite in ``var/``, or ``DATABASE_URL``),
    starts one ``manage.py sisy_worker``, submits a three-task job, follows it
    to the end and prints every task's result, timing and the live workers.
-4. Stops the worker with SIGTERM and the private Redis, whatever happened.
+4. Scheduled Tasks: migrates ``scheduleapp`` back to 0001 and forwards again
+   (its data migrations create and delete the demo's Tasks), starts the clock
+   (``manage.py sisy_heartbeat``, a tick a second), waits until every demo Task
+   has run successfully and prints the Tasks and what their functions did.
+5. Stops the clock and the worker with SIGTERM and the private Redis, whatever
+   happened.
 
-Exit status: 0 when the job succeeded and the worker stopped cleanly, 1 when the
-job failed, 2 when it did not finish in time or the demo could not run.
+Exit status: 0 when the job and every scheduled Task succeeded and the clock and
+the worker stopped cleanly, 1 when the job failed or a Task only ever failed, 2
+when something did not finish in time or the demo could not run.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -42,7 +49,7 @@ if sys.version_info < (3, 10):  # noqa: UP036  (say so plainly on an old Python)
     sys.exit(f"sisy's demo needs Python 3.10 or newer, not {sys.version.split()[0]}")
 
 if TYPE_CHECKING:
-    from sisy.models import Job
+    from sisy.models import Job, Task
 
 DEMO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEMO_DIR.parent.parent
@@ -54,6 +61,16 @@ INSTALLED_FLAG = "SISY_DEMO_JUST_INSTALLED"
 #: Files whose change means the venv must be installed again.
 INSTALL_INPUTS = ("setup.cfg",)
 MIB = 1 << 20
+#: The Tasks ``scheduleapp``'s migrations create: 0002 in RunPython, 0003 with CreateTask.
+DEMO_TASKS = (
+    "demo-function",
+    "demo-classmethod",
+    "demo-staticmethod",
+    "demo-method",
+    "demo-createtask",
+)
+#: The demo waits until each of them has succeeded this many times (their schedules repeat).
+RUNS_TO_SEE = 2
 #: The private Redis: loopback only, nothing written to disk.
 REDIS_OPTIONS = (
     *("--bind", "127.0.0.1", "--protected-mode", "yes"),
@@ -325,11 +342,13 @@ def _pump(stream: IO[str], prefix: str) -> None:
 
 
 @contextlib.contextmanager
-def worker_process() -> Iterator[subprocess.Popen[str]]:
-    """``manage.py sisy_worker`` with its output prefixed; stopped on the way out."""
+def manage_process(
+    command: str, label: str, stop_note: str = ""
+) -> Iterator[subprocess.Popen[str]]:
+    """``manage.py <command>`` with its output prefixed by ``[label]``; stopped on the way out."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "sisy_worker"],
+        [sys.executable, "manage.py", command],
         cwd=DEMO_DIR,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -337,21 +356,27 @@ def worker_process() -> Iterator[subprocess.Popen[str]]:
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
-        start_new_session=True,  # Ctrl-C reaches this script, which stops the worker in order
+        start_new_session=True,  # Ctrl-C reaches this script, which stops the process in order
     )
     assert process.stdout is not None
     pump = threading.Thread(
-        target=_pump, args=(process.stdout, "    [worker] "), name="worker-output", daemon=True
+        target=_pump, args=(process.stdout, f"    [{label}] "), name=f"{label}-output", daemon=True
     )
     pump.start()
-    say(f"Started the worker: manage.py sisy_worker (pid {process.pid}).")
+    say(f"Started the {label}: manage.py {command} (pid {process.pid}).")
     try:
         yield process
     finally:
         if process.poll() is None:
-            say("Stopping the worker: it finishes its running job first (Ctrl-C: at once).")
-            stop_process(process, "the worker", timeout=30)
+            say(f"Stopping the {label}{stop_note}.")
+            stop_process(process, f"the {label}", timeout=30)
         pump.join(5)
+
+
+def worker_process() -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    return manage_process(
+        "sisy_worker", "worker", ": it finishes its running job first (Ctrl-C: at once)"
+    )
 
 
 def wait_for_worker(process: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
@@ -461,8 +486,162 @@ def show_workers() -> None:
         )
 
 
-def keep_running(process: subprocess.Popen[str], after: Job) -> None:
-    """Leave the worker running until Ctrl-C, reporting each job that finishes meanwhile."""
+# ---------------------------------------------------------------------------
+# Stage 2: scheduled Tasks, the clock.
+# ---------------------------------------------------------------------------
+
+
+def show_reversible_migrations() -> None:
+    """``migrate scheduleapp 0001`` deletes the demo's Tasks; migrating forwards creates them."""
+    from django.core.management import call_command
+    from scheduleapp.models import Customer
+
+    from sisy.models import Task
+
+    def counts() -> str:
+        tasks = Task.objects.filter(label__in=DEMO_TASKS).count()
+        return f"{tasks} demo Tasks, {Customer.objects.count()} customer(s)"
+
+    say("scheduleapp's data migrations create the demo's scheduled Tasks: 0002 in RunPython")
+    say("(task_with_callable, the original sisy pattern), 0003 with sisy.operations.CreateTask.")
+    say("Both are reversible:")
+    say(f"  {'before:':<37} {counts()}")
+    call_command("migrate", "scheduleapp", "0001", interactive=False, verbosity=0)
+    say(f"  {'manage.py migrate scheduleapp 0001:':<37} {counts()}")
+    call_command("migrate", "scheduleapp", interactive=False, verbosity=0)
+    say(f"  {'manage.py migrate scheduleapp:':<37} {counts()}")
+
+
+def demo_tasks() -> list[Task]:
+    from sisy.models import Task
+
+    tasks = {task.label: task for task in Task.objects.filter(label__in=DEMO_TASKS)}
+    missing = [label for label in DEMO_TASKS if label not in tasks]
+    if missing:
+        raise DemoError(f"scheduleapp's migrations created no Task {', '.join(missing)}")
+    return [tasks[label] for label in DEMO_TASKS]
+
+
+def wait_for_schedules(
+    since: datetime, processes: dict[str, subprocess.Popen[str]], deadline: float
+) -> dict[str, str]:
+    """Poll the demo Tasks' Jobs until each has succeeded ``RUNS_TO_SEE`` times since ``since``.
+
+    Returns each Task's outcome: ``succeeded`` (at least one run succeeded),
+    ``failed: <error>`` (none did, the last one failed) or ``not run`` (no run
+    finished in time).
+    """
+    from sisy.models import Job, JobStatus
+
+    outcomes = dict.fromkeys(DEMO_TASKS, "not run")
+    succeeded: dict[str, list[datetime]] = {label: [] for label in DEMO_TASKS}
+    seen: set[Any] = set()
+    waiting = set(DEMO_TASKS)
+    while waiting:
+        runs = Job.objects.filter(
+            task__label__in=waiting,
+            created_at__gte=since,
+            status__in=(JobStatus.SUCCEEDED, JobStatus.FAILED),
+        ).exclude(pk__in=seen)
+        for pk, label, status, scheduled_for, error in runs.order_by("finished_at").values_list(
+            "pk", "task__label", "status", "scheduled_for", "error"
+        ):
+            seen.add(pk)
+            if status == JobStatus.FAILED:
+                if outcomes[label] == "not run":  # say it once per Task
+                    say(f"  {label:<18} a run failed: {error}")
+                if outcomes[label] != "succeeded":
+                    outcomes[label] = f"failed: {error}"
+                continue
+            outcomes[label] = "succeeded"
+            succeeded[label].append(scheduled_for)
+            if len(succeeded[label]) >= RUNS_TO_SEE:
+                waiting.discard(label)
+                times = ", ".join(_clock_time(moment)[:8] for moment in sorted(succeeded[label]))
+                say(f"  {label:<18} runs scheduled for {times} succeeded")
+        if not waiting:
+            break
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise DemoError(f"the {name} exited with status {process.returncode}")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    return outcomes
+
+
+def _clock_time(value: datetime | None) -> str:
+    from django.utils import timezone
+
+    return "-" if value is None else timezone.localtime(value).strftime("%H:%M:%S.%f")[:-3]
+
+
+def show_schedules(since: datetime) -> None:
+    """The demo's Tasks, their runs, and the newest line each task function wrote."""
+    from django.db.models import Count, Q
+    from django.utils import timezone
+    from scheduleapp.models import Customer, RunLog
+
+    from sisy.models import JobStatus, Task
+
+    succeeded = Q(jobs__status=JobStatus.SUCCEEDED, jobs__created_at__gte=since)
+    tasks = {
+        task.label: task
+        for task in Task.objects.filter(label__in=DEMO_TASKS).annotate(
+            ok=Count("jobs", filter=succeeded)
+        )
+    }
+    zone = timezone.get_current_timezone_name()
+    say()
+    say(f"Scheduled Tasks (runs: fired in all; ok: runs that succeeded; times in {zone}):")
+    say(f"  {'label':<18} {'kind':<13} {'schedule':<14} runs  ok  {'last run':<12}  next run")
+    for label in DEMO_TASKS:
+        task = tasks[label]
+        say(
+            f"  {label:<18} {task.callable['kind']:<13} {task.schedule:<14} "
+            f"{task.run_count:>4} {task.ok:>3}  {_clock_time(task.last_run):<12}  "
+            f"{_clock_time(task.next_run)[:8]}"
+        )
+    newest: dict[str, RunLog] = {}
+    for entry in RunLog.objects.filter(created_at__gte=since).order_by("-created_at"):
+        newest.setdefault(entry.label, entry)
+    say()
+    say("What the task functions did (the newest line each wrote to scheduleapp's RunLog):")
+    for label in DEMO_TASKS:
+        task = tasks[label]
+        say(f"  {label:<18} {task.callable['path']}")
+        if task.callable["kind"] == "method":
+            model, pk = task.callable["model"], task.callable["model_pk"]
+            say(f"  {'':<18} on the {model} whose primary key is {pk}")
+        last = newest.get(label)
+        text = "(nothing yet)" if last is None else f"{_clock_time(last.created_at)}  {last.text}"
+        say(f"  {'':<18} {text}")
+        if task.userdata:
+            say(f"  {'':<18} userdata: {json.dumps(task.userdata)}")
+    for customer in Customer.objects.all():
+        say(f"Customer {customer.name}: greeted {customer.greetings} time(s).")
+
+
+def finish_scheduled_runs(worker: subprocess.Popen[str], deadline: float) -> int:
+    """Wait for the runs the clock queued before it stopped; how many are still unfinished."""
+    from sisy.models import UNFINISHED, Job
+
+    while True:
+        left = Job.objects.filter(task__label__in=DEMO_TASKS, status__in=UNFINISHED).count()
+        if not left or worker.poll() is not None or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
+
+
+def keep_running(
+    processes: dict[str, subprocess.Popen[str]], since: datetime, reported: set[Any]
+) -> None:
+    """Leave the worker and the clock running until Ctrl-C, reporting what finishes meanwhile.
+
+    Submitted jobs are reported in full; scheduled runs are counted every 10 seconds.
+    """
+    from django.utils import timezone
+
     from sisy.models import Job
 
     code = 'import sisy; print(sisy.submit({"tasks": [{"wordcount": {"text": "hello"}}]}))'
@@ -471,21 +650,44 @@ def keep_running(process: subprocess.Popen[str], after: Job) -> None:
         f"{shlex.quote(sys.executable)} manage.py shell -c {shlex.quote(code)}"
     )
     say()
-    say("The worker keeps running; press Ctrl-C to stop it. Submit more jobs from a shell:")
+    say("The worker and the clock keep running; press Ctrl-C to stop them.")
+    say("Every 10 s a line counts the scheduled runs that finished. Submit jobs from a shell:")
     say(f"  {shell}")
-    reported = {after.pk}
+    counted_until = timezone.now()
+    next_count = time.monotonic() + 10
     with contextlib.suppress(KeyboardInterrupt):
-        while process.poll() is None:
-            finished = Job.objects.filter(created_at__gte=after.created_at).finished()
-            for job in finished.exclude(pk__in=reported).order_by("finished_at"):
+        while all(process.poll() is None for process in processes.values()):
+            submitted = Job.objects.filter(created_at__gte=since, task__isnull=True).finished()
+            for job in submitted.exclude(pk__in=reported).order_by("finished_at"):
                 reported.add(job.pk)
                 report(job)
+            if time.monotonic() >= next_count:
+                now = timezone.now()
+                runs = Job.objects.filter(
+                    task__label__in=DEMO_TASKS, finished_at__gte=counted_until, finished_at__lt=now
+                ).finished()
+                by_status = Counter(runs.values_list("status", flat=True))
+                counts = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+                say(f"  {_clock_time(now)[:8]} scheduled runs in the last 10 s: {counts or 'none'}")
+                counted_until, next_count = now, next_count + 10
             time.sleep(0.5)
+        for name, process in processes.items():
+            if process.poll() is not None:
+                say(f"The {name} exited (status {process.returncode}).")
     say()
 
 
+def schedules_status(outcomes: dict[str, str]) -> int:
+    """0 when every Task succeeded; 1 when one only ever failed; 2 when one never ran."""
+    if all(outcome == "succeeded" for outcome in outcomes.values()):
+        return 0
+    if any(outcome.startswith("failed") for outcome in outcomes.values()):
+        return 1
+    return 2
+
+
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds: the worker and Redis are stopped on the way
+    raise SystemExit(128 + signum)  # unwinds: the clock, the worker and Redis are stopped
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -493,52 +695,99 @@ def run_demo(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if signum is not None:
             signal.signal(signum, _exit_on_signal)
+    outcomes: dict[str, str] = {}
+    clock_status = 0
     with contextlib.ExitStack() as stack:
         os.environ["REDIS_URL"] = choose_redis(stack)
         setup_django()
+        from django.utils import timezone
+
         import sisy
 
-        process = stack.enter_context(worker_process())
-        worker = wait_for_worker(process, deadline=time.monotonic() + 60)
-        say(f"Worker {worker['worker_id']} is {worker['status']}.")
+        worker = stack.enter_context(worker_process())
+        worker_info = wait_for_worker(worker, deadline=time.monotonic() + 60)
+        say(f"Worker {worker_info['worker_id']} is {worker_info['status']}.")
         say()
         show_refused_spec()
         say()
         job = sisy.submit(demo_spec(args.checksum_mib))
         say(f"Submitted job {job.job_id} with {len(job.ordered_tasks())} tasks; following it:")
-        finished = follow(job, process, deadline=time.monotonic() + args.timeout)
+        finished = follow(job, worker, deadline=time.monotonic() + args.timeout)
         report(job)
         if not finished:
             say(f"\nThe job did not finish within {args.timeout:.0f} s.")
         show_workers()
-        if args.keep_running and process.poll() is None:
-            keep_running(process, after=job)
+        if finished:
+            say()
+            show_reversible_migrations()
+            demo_tasks()
+            say()
+            since = timezone.now()
+            clock = stack.enter_context(manage_process("sisy_heartbeat", "clock"))
+            processes = {"worker": worker, "clock": clock}
+            say(
+                f"Waiting (up to {args.schedule_timeout:g} s) until every demo Task has run "
+                f"{RUNS_TO_SEE} times:"
+            )
+            outcomes = wait_for_schedules(
+                since, processes, deadline=time.monotonic() + args.schedule_timeout
+            )
+            show_schedules(since)
+            for label, outcome in outcomes.items():
+                if outcome != "succeeded":
+                    say(f"Task {label}: no run succeeded in {args.schedule_timeout:g} s: {outcome}")
+            if args.keep_running and worker.poll() is None:
+                keep_running(processes, since=since, reported={job.pk})
+            say()
+            say(f"Stopping the clock (SIGTERM to pid {clock.pid}) ...")
+            clock_status = stop_process(clock, "the clock", timeout=10)
+            say(f"The clock exited with status {clock_status}.")
+            left = finish_scheduled_runs(worker, deadline=time.monotonic() + 10)
+            if left:
+                say(f"{left} scheduled run(s) still unfinished after 10 s: stopping anyway.")
+        elif args.keep_running and worker.poll() is None:
+            keep_running({"worker": worker}, since=job.created_at, reported={job.pk})
         say()
-        say(f"Stopping the worker (SIGTERM to pid {process.pid}) ...")
-        status = stop_process(process, "the worker", timeout=30)
+        say(f"Stopping the worker (SIGTERM to pid {worker.pid}) ...")
+        status = stop_process(worker, "the worker", timeout=30)
         say(f"The worker exited with status {status}.")
-    say(f"Demo done in {time.monotonic() - started:.1f} s: job {job.status}.")
+    ran = sum(outcome == "succeeded" for outcome in outcomes.values())
+    say(
+        f"Demo done in {time.monotonic() - started:.1f} s: job {job.status}, "
+        f"{ran} of {len(DEMO_TASKS)} scheduled Tasks succeeded."
+    )
     if not finished:
         return 2
     if job.status != "succeeded":
         return 1
-    return 0 if status == 0 else 2
+    if schedules_status(outcomes):
+        return schedules_status(outcomes)
+    return 0 if status == 0 and clock_status == 0 else 2
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Run sisy's demo: a private Redis, one worker, one three-task job."
+        description=(
+            "Run sisy's demo: a private Redis, one worker, one three-task job, then the clock "
+            "and scheduled Tasks."
+        )
     )
     parser.add_argument(
         "--keep-running",
         action="store_true",
-        help="after the job, leave the worker running until Ctrl-C",
+        help="after the scheduled Tasks ran, leave the worker and the clock running until Ctrl-C",
     )
     parser.add_argument(
         "--timeout",
         type=float,
         default=120.0,
         help="seconds to wait for the job to finish (default: 120)",
+    )
+    parser.add_argument(
+        "--schedule-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for every scheduled Task to run once (default: 30)",
     )
     parser.add_argument(
         "--checksum-mib",
@@ -549,8 +798,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.checksum_mib <= 4096:
         parser.error("--checksum-mib must be between 1 and 4096")
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
+    if args.timeout <= 0 or args.schedule_timeout <= 0:
+        parser.error("--timeout and --schedule-timeout must be positive")
     return args
 
 

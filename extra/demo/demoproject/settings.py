@@ -7,6 +7,10 @@ to the Redis it picked):
   ``redis://127.0.0.1:6379/0`` when unset.
 - ``DATABASE_URL``: ``postgres://user:password@host:port/name`` for PostgreSQL
   (needs ``psycopg``); unset, the demo uses SQLite in ``var/demo.sqlite3``.
+
+``SISY_HEARTBEAT_FREQUENCY`` (seconds between two clock ticks) is 1 unless that
+environment variable says otherwise: the demo's Tasks run every few seconds,
+and a Task fires at most once per tick.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ INSTALLED_APPS = [
     "channels",
     "sisy",
     "mediaapp",
+    "scheduleapp",
 ]
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
 ROOT_URLCONF = "demoproject.urls"
@@ -91,6 +96,8 @@ CHANNEL_LAYERS = {
 SISY_WORKER_KEY_PREFIX = "sisy-demo:worker:"
 SISY_WORKER_HEARTBEAT_INTERVAL = 2
 SISY_WORKER_HEARTBEAT_TTL = 6
+#: The clock's period. sisy's default is 60 s; the demo's schedules have a seconds field.
+SISY_HEARTBEAT_FREQUENCY = float(os.environ.get("SISY_HEARTBEAT_FREQUENCY", "1"))
 
 #: Where the demo's modules read input files from (paths in job data are relative to it).
 DEMO_FILES_ROOT = BASE_DIR
@@ -104,5 +111,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "short"}},
     "loggers": {
         "sisy": {"handlers": ["console"], "level": os.environ.get("SISY_LOG_LEVEL", "INFO")},
+        # The clock's pass logs a line for each tick that fires a Task: every second or so
+        # in the demo. SISY_CLOCK_LOG_LEVEL=INFO shows them.
+        "sisy.clock": {"level": os.environ.get("SISY_CLOCK_LOG_LEVEL", "WARNING")},
     },
 }
