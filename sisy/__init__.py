@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["JobSpecError", "__version__", "submit"]
+__all__ = ["JobCancelled", "JobSpecError", "__version__", "cancel", "submit"]
 
 if TYPE_CHECKING:
-    from sisy.dispatch import submit
-    from sisy.exceptions import JobSpecError
+    from sisy.dispatch import cancel, submit
+    from sisy.exceptions import JobCancelled, JobSpecError
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so ``import sisy`` works before Django's apps are ready
     # (setup.cfg reads __version__ from here).
-    if name == "submit":
-        from sisy.dispatch import submit
+    if name in ("submit", "cancel"):
+        from sisy import dispatch
 
-        return submit
-    if name == "JobSpecError":
-        from sisy.exceptions import JobSpecError
+        return getattr(dispatch, name)
+    if name in ("JobSpecError", "JobCancelled"):
+        from sisy import exceptions
 
-        return JobSpecError
+        return getattr(exceptions, name)
     raise AttributeError(f"module 'sisy' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from django.db import IntegrityError, router, transaction
 
+from sisy import signals
 from sisy import spec as specs
 from sisy.conf import sisy_settings
 from sisy.exceptions import JobSpecError
@@ -108,8 +109,44 @@ def store(job_spec: specs.JobSpec, *, channel: str | None = None) -> Job:
             ) from exc
         raise
     channel_name, job_id = job.channel, job.job_id
-    transaction.on_commit(lambda: wake(channel_name, [job_id]), using=using)
+
+    def committed() -> None:
+        signals.send(signals.job_queued, Job, job=job)
+        wake(channel_name, [job_id])
+
+    transaction.on_commit(committed, using=using)
     return job
+
+
+def cancel(job_id: uuid.UUID | str) -> bool:
+    """Cancel a queued or running job; ``False`` if it had already finished (or is unknown).
+
+    A queued job never runs. A running job's module sees it at its next
+    ``progress()`` call (an exception) or through ``self.cancelled``; its
+    cleanup runs, and the job ends ``cancelled``.
+    """
+    from django.utils import timezone
+
+    from sisy.models import JobStatus, JobTaskStatus
+
+    now = timezone.now()
+    fields = {"status": JobStatus.CANCELLED, "finished_at": now, "lease_expires_at": None}
+    with transaction.atomic(using=router.db_for_write(Job)):
+        # Each UPDATE is conditional, so a claim racing with this cannot be missed.
+        queued = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(**fields)
+        if queued:
+            JobTask.objects.filter(job_id=job_id, status=JobTaskStatus.PENDING).update(
+                status=JobTaskStatus.CANCELLED, finished_at=now
+            )
+        running = (
+            0
+            if queued
+            else (Job.objects.filter(pk=job_id, status=JobStatus.IN_PROGRESS).update(**fields))
+        )
+    if queued:
+        signals.send(signals.job_finished, Job, job=Job.objects.get(pk=job_id), status="cancelled")
+    # A running job's worker notices at its next write and finishes the bookkeeping.
+    return bool(queued or running)
 
 
 def wake(channel: str, job_ids: Iterable[uuid.UUID | str]) -> int:

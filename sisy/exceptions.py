@@ -26,3 +26,11 @@ class JobSpecError(ValidationError):
     def as_details(self) -> list[dict[str, Any]]:
         """Each problem as ``{"task": index or None, "path": "$...", "message": "..."}``."""
         return [problem.as_dict() for problem in self.problems]
+
+
+class JobCancelled(Exception):
+    """Raised inside a module (by ``progress()``) when its job was cancelled.
+
+    Let it propagate: the worker runs ``cleanup()`` and records the job as
+    cancelled.
+    """

@@ -121,8 +121,21 @@ class Module:
     def cleanup(self) -> None:
         """Release what ``initialize()`` or ``run()`` acquired. Always called."""
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled while this module runs (asks the database)."""
+        if self.job is None:
+            return False
+        from sisy.models import Job, JobStatus
+
+        status = Job.objects.filter(pk=self.job.pk).values_list("status", flat=True).first()
+        return status == JobStatus.CANCELLED
+
     def progress(self, fraction: float, message: str = "") -> None:
-        """Report progress between 0 and 1, with an optional short message."""
+        """Report progress between 0 and 1, with an optional short message.
+
+        Raises :class:`~sisy.exceptions.JobCancelled` if the job was cancelled.
+        """
         fraction = min(1.0, max(0.0, float(fraction)))
         if self._reporter is not None:
             self._reporter(fraction, message)

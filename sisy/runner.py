@@ -28,7 +28,9 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from sisy import signals
 from sisy.conf import sisy_settings
+from sisy.exceptions import JobCancelled
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
 from sisy.modules import Module, registry
 from sisy.state import WorkerState
@@ -41,6 +43,10 @@ PROGRESS_WRITE_INTERVAL = 0.5
 
 class LostJob(Exception):
     """The job is no longer this worker's (lease expired and reassigned, or cancelled)."""
+
+
+class _Cancelled(LostJob, JobCancelled):
+    """A fenced write found the job cancelled (what a module sees from progress())."""
 
 
 def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> Job | None:
@@ -126,9 +132,13 @@ def renew_lease(state: WorkerState) -> None:
 def run_job(job: Job, state: WorkerState) -> Job:
     """Run a claimed job's tasks in order and record the outcome. Returns the job as stored."""
     state.job_started(str(job.pk), job.job_title, job.attempts)
+    signals.send(signals.job_started, Job, job=job, worker=state.worker_id)
     try:
         _run_claimed(job, state)
     except LostJob as exc:
+        if _record_cancellation(job):
+            logger.info("sisy: job %s was cancelled while it ran", job.pk)
+            return job
         logger.warning(
             "sisy: job %s attempt %d is no longer worker %s's; its outcome was not recorded (%s)",
             job.pk,
@@ -140,6 +150,21 @@ def run_job(job: Job, state: WorkerState) -> Job:
     finally:
         state.job_finished()
     return job
+
+
+def _record_cancellation(job: Job) -> bool:
+    """If ``job`` was cancelled while this worker ran it, mark its unfinished tasks cancelled."""
+    cancelled = Job.objects.filter(
+        pk=job.pk, status=JobStatus.CANCELLED, worker=job.worker, attempts=job.attempts
+    )
+    if not cancelled.exists():
+        return False
+    JobTask.objects.filter(
+        job=job, status__in=[JobTaskStatus.PENDING, JobTaskStatus.RUNNING]
+    ).update(status=JobTaskStatus.CANCELLED, finished_at=timezone.now())
+    job.refresh_from_db()
+    signals.send(signals.job_finished, Job, job=job, status=job.status)
+    return True
 
 
 def _run_claimed(job: Job, state: WorkerState) -> None:
@@ -199,6 +224,8 @@ def _run_task(job: Job, task: JobTask, state: WorkerState) -> str | None:
         raise LostJob(f"after task {task.position}")
     if error is None:
         return None
+    task.error = task_error
+    signals.send(signals.task_failed, JobTask, job=job, job_task=task, error=task_error)
     return str(error) or type(error).__name__
 
 
@@ -236,6 +263,7 @@ def _finish(job: Job, status: str, error: str, tasks: list[JobTask], skip_from: 
             )
     job.status, job.finished_at, job.error, job.lease_expires_at = status, now, error, None
     logger.debug("sisy: job %s %s", job.pk, status)
+    signals.send(signals.job_finished, Job, job=job, status=status)
 
 
 class _ProgressReporter:
@@ -254,4 +282,6 @@ class _ProgressReporter:
         if not _fenced_task(self.job, self.task).update(
             progress=fraction, progress_message=message[:200]
         ):
+            if Job.objects.filter(pk=self.job.pk, status=JobStatus.CANCELLED).exists():
+                raise _Cancelled(f"job {self.job.pk} was cancelled")
             raise LostJob(f"during task {self.task.position}")

@@ -78,3 +78,29 @@ class MissingBinary(Module):
 
     def run(self) -> None:  # pragma: no cover - never reached
         record("runs", "missing_binary")
+
+
+@register("patient")
+class Patient(Module):
+    """Works in small steps, reporting progress, until done or cancelled."""
+
+    schema = {
+        "type": "object",
+        "properties": {"seconds": {"type": "number"}, "cancel_self_at": {"type": "integer"}},
+    }
+
+    def run(self) -> str:
+        steps = int(self.data.get("seconds", 5) / 0.05)
+        for step in range(steps):
+            if step == self.data.get("cancel_self_at"):
+                import sisy
+
+                assert self.job is not None
+                sisy.cancel(self.job.pk)
+                record("seen_cancelled", str(self.cancelled))
+            time.sleep(0.05)
+            self.progress((step + 1) / steps)
+        return "finished"
+
+    def cleanup(self) -> None:
+        record("cleanups", "patient")

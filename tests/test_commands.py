@@ -1,0 +1,98 @@
+"""The operator commands: sisy_status and sisy_submit (output and exit codes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+import sisy
+from sisy import heartbeat, runner
+from sisy.models import Job, JobStatus
+from sisy.state import WorkerState
+from tests.conftest import ROOT, Workers
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_status_reports_workers_jobs_and_failures(
+    redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    busy = WorkerState(worker_id="st-1")
+    busy.job_started("00000000-0000-0000-0000-00000000000a", "encode", 1)
+    heartbeat.publish(redis, busy)
+    failing = sisy.submit({"job_title": "broken", "fail": {"message": "disk full"}})
+    runner.handle_wakeup(str(failing.job_id), WorkerState(worker_id="w"), "sisy.run")
+    sisy.submit({"job_title": "waiting", "record": {"label": "q"}})
+    call_command("sisy_status")
+    out = capsys.readouterr().out
+    assert "Workers: 1 live" in out
+    assert "st-1 on" in out and "in_progress encode (00000000-0000-0000-0000-00000000000a)" in out
+    assert "1 queued" in out and "1 failed" in out
+    assert "Oldest queued job:" in out and "s old" in out
+    assert f"broken ({failing.job_id}): task 0 (fail) failed: disk full" in out
+    call_command("sisy_status", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["jobs"]["queued"] == 1 and report["jobs"]["failed"] == 1
+    assert report["workers"][0]["worker_id"] == "st-1"
+    assert report["recent_failures"][0]["error"] == "task 0 (fail) failed: disk full"
+
+
+def test_submit_reads_a_file_and_reports_the_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"job_title": "from file", "record": {"label": "f"}}))
+    call_command("sisy_submit", str(spec))
+    job = Job.objects.get()
+    assert f"submitted job {job.job_id} (from file)" in capsys.readouterr().out
+    assert job.status == JobStatus.QUEUED
+
+
+def test_submit_refuses_an_invalid_spec_and_stores_nothing(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.json"
+    spec.write_text(json.dumps({"tasks": [{"record": {"label": 5}}]}))
+    with pytest.raises(CommandError, match=r"task 0, \$\.label: 5 is not of type 'string'"):
+        call_command("sisy_submit", str(spec))
+    with pytest.raises(CommandError, match="cannot read"):
+        call_command("sisy_submit", str(tmp_path / "missing.json"))
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("spec", "code", "expected"),
+    [
+        ({"job_title": "ok", "slow": {"seconds": 1}}, 0, "succeeded"),
+        (
+            {
+                "job_title": "ko",
+                "tasks": [{"slow": {"seconds": 0.5}}, {"fail": {"message": "boom"}}],
+            },
+            1,
+            "boom",
+        ),
+    ],
+)
+def test_submit_wait_follows_the_job_and_exits_with_its_outcome(
+    workers: Workers, tmp_path: Path, spec: dict, code: int, expected: str
+) -> None:
+    workers.start()
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "sisy_submit", str(path), "--wait", "--timeout", "30"],
+        env=workers.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == code, result.stdout + result.stderr
+    assert expected in result.stdout + result.stderr
+    assert "task 1 of" in result.stdout and "[#" in result.stdout
