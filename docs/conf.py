@@ -64,6 +64,18 @@ html_theme_options = {
 }
 
 
+def _drop_signal_class_docstring(
+    app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    # autodata falls back on the object's class docstring, Django's "Base class for
+    # all signals"; sisy's signals are described in ref/api.rst instead.
+    from django.dispatch import Signal
+
+    if what == "data" and isinstance(obj, Signal):
+        lines.clear()
+
+
 def setup(app: Any) -> None:
     # :setting:`SISY_...` links to the ``.. setting::`` targets in ref/settings.rst.
     app.add_crossref_type("setting", "setting", indextemplate="pair: %s; setting")
+    app.connect("autodoc-process-docstring", _drop_signal_class_docstring)

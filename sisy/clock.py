@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
-from sisy import dispatch, scheduling
+from sisy import dispatch, scheduling, signals
 from sisy.conf import sisy_settings
 from sisy.models import UNFINISHED, Job, JobStatus, JobTask, JobTaskStatus, Task
 
@@ -226,3 +226,27 @@ def redispatch_stale(now: datetime) -> int:
         )
         sent += dispatch.wake(channel, ids)
     return sent
+
+
+def run_now(task: Task, now: datetime | None = None) -> Job:
+    """Queue one run of ``task`` now, outside its schedule (the admin's "run now").
+
+    The Task's own schedule, ``next_run`` and run count are left as they are.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = Job.objects.create(
+            job_title=task.label,
+            channel=sisy_settings.RUN_CHANNEL,
+            max_attempts=sisy_settings.MAX_ATTEMPTS,
+            task=task,
+            scheduled_for=now,
+        )
+        JobTask.objects.create(job=job, position=0, module=TASK_MODULE, data={"task": task.pk})
+
+        def committed() -> None:
+            signals.send(signals.job_queued, Job, job=job)
+            dispatch.wake(job.channel, [job.pk])
+
+        transaction.on_commit(committed)
+    return job

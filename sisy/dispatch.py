@@ -129,15 +129,20 @@ def cancel(job_id: uuid.UUID | str) -> bool:
 
     from sisy.models import JobStatus, JobTaskStatus
 
+    try:
+        job_id = uuid.UUID(str(job_id))
+    except ValueError:
+        return False  # not a job id: no such job
     now = timezone.now()
     fields = {"status": JobStatus.CANCELLED, "finished_at": now, "lease_expires_at": None}
     with transaction.atomic(using=router.db_for_write(Job)):
         # Each UPDATE is conditional, so a claim racing with this cannot be missed.
         queued = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(**fields)
         if queued:
-            JobTask.objects.filter(job_id=job_id, status=JobTaskStatus.PENDING).update(
-                status=JobTaskStatus.CANCELLED, finished_at=now
-            )
+            # RUNNING too: a job requeued after its worker died keeps that task's state.
+            JobTask.objects.filter(
+                job_id=job_id, status__in=[JobTaskStatus.PENDING, JobTaskStatus.RUNNING]
+            ).update(status=JobTaskStatus.CANCELLED, finished_at=now)
         running = (
             0
             if queued
@@ -196,3 +201,46 @@ async def _send_all(layer: Any, channel: str, ids: list[uuid.UUID | str]) -> int
             break
         sent += 1
     return sent
+
+
+def retry(job_id: uuid.UUID | str) -> bool:
+    """Queue a failed or cancelled job again, as a new attempt; ``False`` otherwise.
+
+    Its tasks that had not succeeded run again; the ones that had are kept.
+    The retry grants one more attempt if the job had used them all.
+    """
+    from django.db.models import F
+    from django.db.models.functions import Greatest
+
+    from sisy.models import JobStatus, JobTaskStatus
+
+    with transaction.atomic(using=router.db_for_write(Job)):
+        updated = Job.objects.filter(
+            pk=job_id, status__in=[JobStatus.FAILED, JobStatus.CANCELLED]
+        ).update(
+            status=JobStatus.QUEUED,
+            worker="",
+            error="",
+            finished_at=None,
+            lease_expires_at=None,
+            max_attempts=Greatest(F("max_attempts"), F("attempts") + 1),
+        )
+        if updated:
+            JobTask.objects.filter(job_id=job_id).exclude(status=JobTaskStatus.SUCCEEDED).update(
+                status=JobTaskStatus.PENDING,
+                progress=0.0,
+                progress_message="",
+                error="",
+                result=None,
+                started_at=None,
+                finished_at=None,
+            )
+    if updated:
+        job = Job.objects.get(pk=job_id)
+
+        def committed() -> None:
+            signals.send(signals.job_queued, Job, job=job)
+            wake(job.channel, [job.pk])
+
+        transaction.on_commit(committed)
+    return bool(updated)

@@ -101,11 +101,11 @@ def test_cancelling_a_job_running_on_a_worker(workers: Workers) -> None:
     workers.start()
     job = sisy.submit({"job_title": "long", "patient": {"seconds": 20}})
 
-    def running() -> bool:
-        job.refresh_from_db()
-        return job.status == JobStatus.IN_PROGRESS
+    def module_running() -> bool:
+        task = job.ordered_tasks()[0]
+        return task.status == JobTaskStatus.RUNNING and task.progress > 0
 
-    wait_for(running, 20, "the job to start")
+    wait_for(module_running, 20, "the module to report progress")
     assert sisy.cancel(job.job_id) is True
     wait_for(lambda: recorded("cleanups") == ["patient"], 10, "the module's cleanup")
     job.refresh_from_db()
@@ -116,6 +116,35 @@ def test_cancelling_a_job_running_on_a_worker(workers: Workers) -> None:
         "the task marked cancelled",
     )
     follow_up = sisy.submit({"record": {"label": "next"}})  # the worker goes on serving
-    wait_for(lambda: recorded("runs") == ["next"], 20, "the next job")
-    follow_up.refresh_from_db()
+
+    def follow_up_done() -> bool:
+        follow_up.refresh_from_db()
+        return follow_up.is_finished
+
+    wait_for(follow_up_done, 20, "the next job")
     assert follow_up.status == JobStatus.SUCCEEDED
+    assert recorded("runs") == ["next"]
+
+
+def test_cancel_with_a_malformed_id_is_false() -> None:
+    assert sisy.cancel("nope") is False
+
+
+def test_cancelling_a_requeued_job_cancels_its_interrupted_task() -> None:
+    from sisy.models import Job, JobTask
+
+    job = sisy.submit({"tasks": [{"record": {"label": "a"}}, {"record": {"label": "b"}}]})
+    # As after a lost worker: requeued, its first task left "running".
+    JobTask.objects.filter(job=job, position=0).update(status=JobTaskStatus.RUNNING)
+    Job.objects.filter(pk=job.pk).update(attempts=1)
+    assert sisy.cancel(job.job_id) is True
+    assert {t.status for t in job.ordered_tasks()} == {JobTaskStatus.CANCELLED}
+
+
+def test_retry_sends_job_queued(received: list) -> None:
+    job = sisy.submit({"fail": {}})
+    runner.handle_wakeup(str(job.job_id), WorkerState(worker_id="w"), "sisy.run")
+    received.clear()
+    assert sisy.retry(job.job_id) is True
+    assert [name for name, _ in received] == ["job_queued"]
+    assert sisy.retry(job.job_id) is False  # queued, not failed
