@@ -11,8 +11,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Avg, Count, OuterRef, QuerySet, Subquery
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
@@ -156,6 +159,47 @@ class JobAdmin(admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         if change:
             super().save_related(request, form, formsets, change)
+
+    def get_urls(self) -> list[Any]:
+        urls = [
+            path(
+                "workers/",
+                self.admin_site.admin_view(self.workers_view),
+                name="sisy_workers",
+            )
+        ]
+        return urls + super().get_urls()
+
+    def workers_view(self, request: HttpRequest) -> HttpResponse:
+        """Live workers from their heartbeats; the page refreshes itself."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from sisy.conf import sisy_settings
+        from sisy.heartbeat import live_workers
+
+        error = ""
+        try:
+            workers = live_workers()
+        except Exception as exc:  # Redis away: say so instead of failing
+            workers, error = [], _("Worker heartbeats cannot be read: %s") % exc
+        for worker in workers:
+            job_id = worker.get("job_id")
+            worker["job_url"] = (
+                reverse("admin:sisy_job_change", args=[job_id]) if isinstance(job_id, str) else ""
+            )
+            progress = worker.get("progress")
+            worker["percent"] = (
+                round(100 * progress) if isinstance(progress, (int, float)) else None
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": _("Workers"),
+            "workers": workers,
+            "error": error,
+            "refresh": max(1, round(sisy_settings.WORKER_HEARTBEAT_INTERVAL)),
+        }
+        return TemplateResponse(request, "admin/sisy/workers.html", context)
 
     @admin.display(description=_("progress"))
     def progress_bar(self, job: Job) -> str:

@@ -166,3 +166,31 @@ def test_search_by_title_or_exact_job_id_never_fails(staff: Client) -> None:
         response = staff.get(url, {"q": term})
         assert response.status_code == 200
         assert response.context["cl"].result_count == count, term
+
+
+def test_workers_page_lists_live_workers_with_a_link_to_their_job(staff: Client, redis) -> None:
+    from sisy import heartbeat
+
+    job = sisy.submit({"job_title": "encoding <now>", "record": {"label": "a"}})
+    busy = WorkerState(worker_id="page-1")
+    busy.job_started(str(job.job_id), job.job_title, 1)
+    busy.set_progress(0.4, "step 4")
+    heartbeat.publish(redis, busy)
+    heartbeat.publish(redis, WorkerState(worker_id="page-2"))
+    response = staff.get(reverse("admin:sisy_workers"))
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "page-1" in content and "page-2" in content and "2 live workers" in content
+    assert reverse("admin:sisy_job_change", args=[job.pk]) in content
+    assert "encoding &lt;now&gt;" in content and 'value="40"' in content
+    assert 'http-equiv="refresh"' in content
+    assert (
+        reverse("admin:sisy_workers")
+        in staff.get(reverse("admin:sisy_job_changelist")).content.decode()
+    )
+
+
+def test_workers_page_needs_permission() -> None:
+    client = Client()
+    client.force_login(User.objects.create_user("nobody", password="pw", is_staff=True))
+    assert client.get(reverse("admin:sisy_workers")).status_code == 403
