@@ -132,3 +132,56 @@ def _timeout_outlasts_pop(host: Any) -> bool:
             except ValueError:
                 return False
     return False
+
+
+@checks.register()
+def check_routing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``runworker`` runs the project's ASGI application: sisy's channels must be routed in it."""
+    path = getattr(settings, "ASGI_APPLICATION", None)
+    if not path:
+        return []  # sisy_worker then routes sisy's own channels itself
+    from django.utils.module_loading import import_string
+
+    try:
+        application = import_string(path)
+    except Exception as exc:
+        return [
+            checks.Warning(
+                f"ASGI_APPLICATION {path!r} cannot be loaded ({type(exc).__name__}: {exc}), so "
+                "sisy cannot tell whether its channels are routed.",
+                id="sisy.W005",
+            )
+        ]
+    routes = _channel_routes(application)
+    if routes is None:
+        return []  # a router sisy cannot look into: trust it
+    try:
+        wanted = [sisy_settings.RUN_CHANNEL, sisy_settings.HEARTBEAT_CHANNEL]
+    except ValueError:
+        return []  # reported by sisy.E003
+    missing = [channel for channel in wanted if channel not in routes]
+    if not missing:
+        return []
+    return [
+        checks.Warning(
+            f"{path} does not route sisy's channel(s) {', '.join(missing)}: workers started "
+            "with runworker or sisy_worker would drop their messages.",
+            hint='Add "channel": ChannelNameRouter(sisy.routing.channel_routes()) to its '
+            "ProtocolTypeRouter (merged with your own channel routes, if any).",
+            id="sisy.W004",
+        )
+    ]
+
+
+def _channel_routes(application: Any) -> set[str] | None:
+    """The channel names a ProtocolTypeRouter/ChannelNameRouter routes; None if unknowable."""
+    from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+
+    if isinstance(application, ProtocolTypeRouter):
+        channel_app = application.application_mapping.get("channel")
+        if channel_app is None:
+            return set()
+        application = channel_app
+    if isinstance(application, ChannelNameRouter):
+        return set(application.application_mapping)
+    return None

@@ -106,3 +106,15 @@ def test_pubsub_layer_needs_no_socket_timeout() -> None:
     }
     with override_settings(CHANNEL_LAYERS={"default": layer}):
         assert "sisy.W003" not in ids(checks.check_channel_layer())
+
+
+def test_project_routing_is_checked() -> None:
+    assert checks.check_routing() == []  # tests/asgi.py routes sisy's channels
+    with override_settings(ASGI_APPLICATION="tests.asgi_without_sisy.application"):
+        found = checks.check_routing()
+        assert ids(found) == ["sisy.W004"]
+        assert "sisy.run, sisy.heartbeat" in found[0].msg
+    with override_settings(ASGI_APPLICATION="tests.no_such_module.application"):
+        assert ids(checks.check_routing()) == ["sisy.W005"]
+    with override_settings(ASGI_APPLICATION=None):
+        assert checks.check_routing() == []
