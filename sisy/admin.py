@@ -110,7 +110,6 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = (JobTaskInline,)
     actions = ("cancel_jobs", "retry_jobs")
-    list_select_related = False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         return (
@@ -141,10 +140,6 @@ class JobAdmin(admin.ModelAdmin):
 
     def get_inlines(self, request: HttpRequest, obj: Job | None) -> Any:
         return self.inlines if obj is not None else ()
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Records are read-only; cancel and retry are actions (which need this).
-        return super().has_change_permission(request, obj)
 
     def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
         if change:

@@ -47,10 +47,6 @@ class Schedule:
         fields = self.expression.split()
         return not (fields[2].startswith("*") or fields[4].startswith("*"))
 
-    @property
-    def has_seconds(self) -> bool:
-        return len(self.expression.split()) == 6
-
 
 @lru_cache(maxsize=4096)
 def parse(expression: str) -> Schedule:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sisy.exceptions import JobSpecError
@@ -58,8 +58,6 @@ class JobSpec:
     title: str
     tasks: tuple[TaskSpec, ...]
     max_attempts: int | None = None
-    #: Where each task came from, for messages: "tasks[0]" or the legacy key.
-    sources: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The canonical JSON form (the second shape above, with ``job_id``)."""
@@ -106,18 +104,16 @@ def parse(spec: Any) -> JobSpec:
                 Problem(None, f"$.{key}", "unexpected key; with 'tasks', tasks go in the list")
             )
         raw_tasks = spec["tasks"] if isinstance(spec["tasks"], list) else []
-        named = [
-            (f"tasks[{i}]", *_task_item(i, item, problems)) for i, item in enumerate(raw_tasks)
-        ]
+        named = [_task_item(i, item, problems) for i, item in enumerate(raw_tasks)]
     else:
-        named = [(str(k), str(k), v) for k, v in spec.items() if k not in ENVELOPE_KEYS]
+        named = [(str(k), v) for k, v in spec.items() if k not in ENVELOPE_KEYS]
         if not named:
             problems.append(Problem(None, "$", "a job needs at least one task"))
         elif len(named) > MAX_TASKS:
             problems.append(Problem(None, "$", f"a job has at most {MAX_TASKS} tasks"))
 
     tasks = []
-    for index, (_source, module, data) in enumerate(named):
+    for index, (module, data) in enumerate(named):
         if module is None:
             continue
         problems.extend(registry.validate(module, data, task=index, public_only=True))
@@ -134,7 +130,6 @@ def parse(spec: Any) -> JobSpec:
         title=title,
         tasks=tuple(tasks),
         max_attempts=spec.get("max_attempts"),
-        sources=tuple(source for source, module, _ in named if module is not None),
     )
 
 
