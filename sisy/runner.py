@@ -67,7 +67,7 @@ def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> J
     for pk in candidates:
         now = timezone.now()
         updated = (
-            Job.objects.claimable()
+            Job.objects.claimable(channel)  # a worker only takes its own channel's jobs
             .filter(pk=pk)
             .update(
                 status=JobStatus.IN_PROGRESS,

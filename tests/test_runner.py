@@ -42,6 +42,12 @@ def test_claim_is_exclusive(state: WorkerState) -> None:
     assert first.lease_expires_at is not None
 
 
+def test_a_job_of_another_channel_is_not_claimed(state: WorkerState) -> None:
+    job = sisy.submit({"record": {"label": "a"}}, channel="encode")
+    assert runner.claim(job.job_id, state, CHANNEL) is None
+    assert runner.claim(job.job_id, state, "encode") is not None
+
+
 def test_wakeup_for_unclaimable_or_bogus_jobs_is_a_no_op(state: WorkerState) -> None:
     assert runner.handle_wakeup(str(uuid.uuid4()), state, CHANNEL) == 0
     assert runner.handle_wakeup("not a uuid", state, CHANNEL) == 0
