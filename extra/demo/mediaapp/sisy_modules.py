@@ -4,6 +4,8 @@
 - ``wordcount``: lines, words and the most frequent words of a text or a file.
 - ``thumbnail``: renders a Mandelbrot image, writes it and a thumbnail of it as
   PGM files under ``MEDIA_ROOT``, and returns a text preview.
+- ``ffmpeg`` and ``probe`` (in ``media.py``, imported here): transcode a clip
+  and describe one, with the ``ffmpeg`` and ``ffprobe`` programs.
 
 Each module declares a JSON Schema: ``sisy.submit()`` refuses bad data before
 anything is stored, and the worker checks it again before running.
@@ -25,6 +27,7 @@ from typing import IO, Any
 
 from django.conf import settings
 
+from mediaapp import media  # noqa: F401  (registers the ffmpeg and probe modules)
 from sisy.modules import Module, register
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -91,7 +94,7 @@ class Checksum(Module):
             digest.update(chunk)
             done += len(chunk)
             fraction = done / total if total else 1.0
-            self.progress(fraction, f"{done / MIB:.0f} of {total / MIB:.0f} MiB")
+            self.progress(fraction, f"{_size(done)} of {_size(total)}")
         return {
             "algorithm": digest.name,
             "hexdigest": digest.hexdigest(),
@@ -111,6 +114,12 @@ class Checksum(Module):
         stream = getattr(self, "_stream", None)
         if stream is not None:
             stream.close()
+
+
+def _size(count: int) -> str:
+    if count >= MIB:
+        return f"{count / MIB:.0f} MiB"
+    return f"{count / 1024:.0f} KiB" if count >= 1024 else f"{count} bytes"
 
 
 @register("wordcount")
