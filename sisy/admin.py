@@ -1,4 +1,4 @@
-"""The admin: Jobs (read-only records, cancel and retry, add from a JSON spec) and scheduled Tasks.
+"""The admin: Jobs (read-only, cancel and retry, add from a JSON spec), scheduled Tasks, API tokens.
 
 List pages run one annotated query (no query per row); actions are Django admin
 actions, so they are POST-only, CSRF-protected and permission-checked.
@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from sisy import clock, cron, dispatch
 from sisy import spec as specs
 from sisy.exceptions import JobSpecError
-from sisy.models import Job, JobStatus, JobTask, Task
+from sisy.models import ApiToken, Job, JobStatus, JobTask, Task
 from sisy.modules import registry
 
 
@@ -99,6 +99,7 @@ class JobAdmin(admin.ModelAdmin):
         "job_title",
         "status",
         "progress_bar",
+        "priority",
         "worker",
         "created_at",
         "started_at",
@@ -223,6 +224,7 @@ class TaskAdmin(admin.ModelAdmin):
     list_display = (
         "label",
         "schedule",
+        "schedule_description",
         "enabled",
         "next_run",
         "last_run",
@@ -233,6 +235,7 @@ class TaskAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "allow_overlap")
     search_fields = ("label",)
     readonly_fields = (
+        "schedule_description",
         "callable",
         "run_count",
         "last_run",
@@ -251,6 +254,10 @@ class TaskAdmin(admin.ModelAdmin):
             .get_queryset(request)
             .annotate(latest_status=Subquery(latest.values("status")[:1]))
         )
+
+    @admin.display(description=_("runs"))
+    def schedule_description(self, task: Task) -> str:
+        return cron.describe(task.schedule)
 
     @admin.display(description=_("last outcome"))
     def last_outcome(self, task: Task) -> str:
@@ -282,3 +289,48 @@ class TaskAdmin(admin.ModelAdmin):
     def disable(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         count = queryset.update(enabled=False, next_run=None)
         self.message_user(request, _("%d task(s) disabled.") % count, messages.SUCCESS)
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ("name", "user", "expires_at")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made here or by ``sisy_token``; the token itself is shown once, on creation."""
+
+    list_display = ("name", "hint", "user", "created_at", "expires_at", "last_used_at")
+    list_select_related = ("user",)
+    search_fields = ("name", "user__username", "hint")
+    readonly_fields = ("hint", "created_at", "last_used_at")
+    raw_id_fields = ("user",)
+
+    def get_form(
+        self, request: HttpRequest, obj: ApiToken | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiTokenForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
+        # The user of an existing token is fixed: a token is re-issued, not re-assigned.
+        return (*self.readonly_fields, "user") if obj is not None else ()
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        row, token = ApiToken.issue(obj.user, obj.name, expires_at=obj.expires_at)
+        obj.pk, obj.digest, obj.hint, obj.created_at = row.pk, row.digest, row.hint, row.created_at
+        obj._state.adding = False
+        self.message_user(
+            request,
+            format_html(
+                "{} <code>{}</code>",
+                _("The new token, shown only this once; copy it now:"),
+                token,
+            ),
+            messages.WARNING,
+        )

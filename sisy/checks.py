@@ -35,6 +35,27 @@ def check_time_zone_support(app_configs: Any = None, **kwargs: Any) -> list[chec
 
 
 @checks.register()
+def check_required_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.apps import apps
+
+    missing = [
+        app
+        for app in ("django.contrib.auth", "django.contrib.contenttypes")
+        if not apps.is_installed(app)
+    ]
+    if not missing:
+        return []
+    return [
+        checks.Error(
+            f"sisy needs {' and '.join(missing)} in INSTALLED_APPS.",
+            hint="API tokens belong to users, and the API and the admin check their "
+            "permissions; add the missing apps.",
+            id="sisy.E005",
+        )
+    ]
+
+
+@checks.register()
 def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     try:
         alias = sisy_settings.CHANNEL_LAYER

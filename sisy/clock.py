@@ -7,6 +7,7 @@ tick message and ``sisy_heartbeat --once`` calls it in-process. It
   or fails them with "worker lost" once they used ``max_attempts``;
 - re-sends wake-ups for jobs queued longer than ``SISY_REDISPATCH_AFTER``
   (their wake-up may have been lost: Redis flushed, channel full, expired);
+- sends the wake-ups of deferred jobs (``run_after``) whose time has come;
 - fires the scheduled Tasks that are due, each due run exactly once however
   many clocks tick (row locks where the database has them, and a unique
   constraint on the Task and the scheduled time as the backstop).
@@ -34,11 +35,16 @@ TICK_MESSAGE_TYPE = "sisy.tick"
 
 @dataclass
 class TickReport:
-    """What one tick did: jobs requeued, jobs failed as lost, wake-ups sent."""
+    """What one tick did: jobs requeued, jobs failed as lost, wake-ups sent.
+
+    ``woken`` counts every wake-up sent; ``deferred`` those of them that were
+    for deferred jobs which became due.
+    """
 
     requeued: int = 0
     lost: int = 0
     woken: int = 0
+    deferred: int = 0
     fired: int = 0
     skipped: int = 0
 
@@ -49,6 +55,8 @@ def tick(now: datetime | None = None) -> TickReport:
     report = TickReport()
     report.requeued, report.lost = reap_expired_leases(now)
     report.woken = redispatch_stale(now)
+    report.deferred = wake_deferred(now)
+    report.woken += report.deferred
     while True:
         fired, skipped, more = fire_due_tasks(now)
         report.fired += fired
@@ -58,12 +66,14 @@ def tick(now: datetime | None = None) -> TickReport:
     if report.requeued or report.lost or report.woken or report.fired or report.skipped:
         logger.info(
             "sisy: tick fired %d task(s) (%d skipped: still running), requeued %d job(s), "
-            "failed %d lost job(s), re-sent %d wake-up(s) for stale jobs",
+            "failed %d lost job(s), re-sent %d wake-up(s) for stale jobs, sent %d for "
+            "deferred jobs now due",
             report.fired,
             report.skipped,
             report.requeued,
             report.lost,
-            report.woken,
+            report.woken - report.deferred,
+            report.deferred,
         )
     return report
 
@@ -221,7 +231,28 @@ def redispatch_stale(now: datetime) -> int:
     for channel in channels:
         ids = list(
             stale.filter(channel=channel)
-            .order_by("created_at")
+            .order_by("-priority", "created_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        sent += dispatch.wake(channel, ids)
+    return sent
+
+
+def wake_deferred(now: datetime) -> int:
+    """Wake workers for deferred jobs whose ``run_after`` has come; a bounded number per channel.
+
+    Nothing woke them when they were stored, so this is their first wake-up
+    (and, while they stay queued, a repeated one, like a stale job's).
+    Highest priority first, then the earliest due.
+    """
+    limit = sisy_settings.SWEEP_MAX_WAKEUPS
+    due = Job.objects.deferred_due(now)
+    channels = due.order_by().values_list("channel", flat=True).distinct()
+    sent = 0
+    for channel in channels:
+        ids = list(
+            due.filter(channel=channel)
+            .order_by("-priority", "run_after")
             .values_list("pk", flat=True)[:limit]
         )
         sent += dispatch.wake(channel, ids)

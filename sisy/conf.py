@@ -23,9 +23,16 @@ MAX_ATTEMPTS = 3
 REDISPATCH_AFTER = 10.0
 SWEEP_MAX_WAKEUPS = 10
 WORKER_PREFETCH = 10
+WORKER_SHUTDOWN_GRACE: float | None = 25.0
 MODULES: tuple[str, ...] = ()
 DEFAULT_SCHEDULE = "* * * * *"
 CLOCK_BATCH = 5000
+API_MAX_BODY_SIZE = 1_048_576
+API_MAX_DEPTH = 32
+API_MAX_ITEMS = 10_000
+API_MAX_STRING_LENGTH = 65_536
+API_PAGE_SIZE = 50
+MAX_QUEUED_JOBS: int | None = None
 
 
 def _positive_number(name: str, value: Any) -> float:
@@ -145,6 +152,11 @@ class Settings:
         )
 
     @property
+    def WORKER_SHUTDOWN_GRACE(self) -> float | None:
+        value = self._get("SISY_WORKER_SHUTDOWN_GRACE", WORKER_SHUTDOWN_GRACE)
+        return None if value is None else _non_negative_number("SISY_WORKER_SHUTDOWN_GRACE", value)
+
+    @property
     def MODULES(self) -> tuple[str, ...]:
         value = self._get("SISY_MODULES", MODULES)
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -167,6 +179,36 @@ class Settings:
     @property
     def CLOCK_BATCH(self) -> int:
         return _positive_int("SISY_CLOCK_BATCH", self._get("SISY_CLOCK_BATCH", CLOCK_BATCH))
+
+    @property
+    def API_MAX_BODY_SIZE(self) -> int:
+        return _positive_int(
+            "SISY_API_MAX_BODY_SIZE", self._get("SISY_API_MAX_BODY_SIZE", API_MAX_BODY_SIZE)
+        )
+
+    @property
+    def API_MAX_DEPTH(self) -> int:
+        return _positive_int("SISY_API_MAX_DEPTH", self._get("SISY_API_MAX_DEPTH", API_MAX_DEPTH))
+
+    @property
+    def API_MAX_ITEMS(self) -> int:
+        return _positive_int("SISY_API_MAX_ITEMS", self._get("SISY_API_MAX_ITEMS", API_MAX_ITEMS))
+
+    @property
+    def API_MAX_STRING_LENGTH(self) -> int:
+        return _positive_int(
+            "SISY_API_MAX_STRING_LENGTH",
+            self._get("SISY_API_MAX_STRING_LENGTH", API_MAX_STRING_LENGTH),
+        )
+
+    @property
+    def API_PAGE_SIZE(self) -> int:
+        return _positive_int("SISY_API_PAGE_SIZE", self._get("SISY_API_PAGE_SIZE", API_PAGE_SIZE))
+
+    @property
+    def MAX_QUEUED_JOBS(self) -> int | None:
+        value = self._get("SISY_MAX_QUEUED_JOBS", MAX_QUEUED_JOBS)
+        return None if value is None else _positive_int("SISY_MAX_QUEUED_JOBS", value)
 
     def validate(self) -> list[str]:
         """Read every setting once; return one message per invalid setting."""

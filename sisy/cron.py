@@ -153,3 +153,27 @@ def _to_instant(wall: datetime, tz: tzinfo) -> datetime:
 
 def _exists(aware: datetime, wall: datetime) -> bool:
     return aware.astimezone(timezone.utc).astimezone(aware.tzinfo).replace(tzinfo=None) == wall
+
+
+@lru_cache(maxsize=1024)
+def describe(expression: str) -> str:
+    """The schedule in words, e.g. "At 00:00, on the last day of the month".
+
+    Uses cron-descriptor (24-hour clock); falls back to the expression itself
+    for anything it cannot describe, so a page showing it never fails.
+    """
+    from cron_descriptor import ExpressionDescriptor, Options
+
+    try:
+        fields = parse(expression).expression.upper().split()
+    except ValueError:
+        return expression
+    if len(fields) == 6:  # cron-descriptor reads seconds first, sisy last
+        fields = [fields[5], *fields[:5]]
+    options = Options()
+    options.use_24hour_time_format = True
+    options.verbose = False
+    try:
+        return str(ExpressionDescriptor(" ".join(fields), options).get_description())
+    except Exception:  # its errors have no common base class
+        return expression

@@ -14,9 +14,12 @@ import os
 import threading
 import uuid
 from collections.abc import Coroutine, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import IntegrityError, router, transaction
+from django.utils import timezone
 
 from sisy import signals
 from sisy import spec as specs
@@ -74,24 +77,50 @@ def run_message(job_id: uuid.UUID | str) -> dict[str, str]:
     return {"type": RUN_MESSAGE_TYPE, "job": str(job_id)}
 
 
-def submit(spec: Any, *, channel: str | None = None) -> Job:
+def submit(
+    spec: Any,
+    *,
+    channel: str | None = None,
+    priority: int = 0,
+    run_after: datetime | None = None,
+) -> Job:
     """Validate ``spec``, store it as a queued :class:`~sisy.models.Job`, wake a worker.
 
     ``spec`` is a dict (or JSON text) in any of the three accepted shapes.
     Raises :class:`~sisy.exceptions.JobSpecError` and stores nothing when it is
     invalid. Inside a transaction the wake-up waits for the commit.
+    ``priority`` and ``run_after`` are as for :func:`store`.
     """
     job_spec = specs.parse(spec)
-    return store(job_spec, channel=channel)
+    return store(job_spec, channel=channel, priority=priority, run_after=run_after)
 
 
-def store(job_spec: specs.JobSpec, *, channel: str | None = None) -> Job:
-    """Insert an already validated job and its tasks; send the wake-up on commit."""
+#: The range of ``Job.priority`` (a small integer column).
+MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
+
+
+def store(
+    job_spec: specs.JobSpec,
+    *,
+    channel: str | None = None,
+    priority: int = 0,
+    run_after: datetime | None = None,
+) -> Job:
+    """Insert an already validated job and its tasks; send the wake-up on commit.
+
+    ``priority``: among the queued jobs of a channel, a worker starts the
+    highest first (then the oldest). ``run_after``: the job is not started
+    before this time; its wake-up is sent by the clock once it is due, not now.
+    ``ValueError`` names a bad ``priority`` or ``run_after``; nothing is stored.
+    """
+    _check_schedule(priority, run_after)
     job = Job(
         job_id=job_spec.job_id,
         job_title=job_spec.title,
         channel=channel or sisy_settings.RUN_CHANNEL,
         max_attempts=job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
+        priority=priority,
+        run_after=run_after,
     )
     tasks = [
         JobTask(job=job, position=position, module=task.module, data=task.data)
@@ -112,10 +141,29 @@ def store(job_spec: specs.JobSpec, *, channel: str | None = None) -> Job:
 
     def committed() -> None:
         signals.send(signals.job_queued, Job, job=job)
-        wake(channel_name, [job_id])
+        if run_after is None or run_after <= timezone.now():
+            wake(channel_name, [job_id])
+        # else: the clock's tick sends the wake-up once the job is due.
 
     transaction.on_commit(committed, using=using)
     return job
+
+
+def _check_schedule(priority: Any, run_after: Any) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an integer, not {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, not {priority}"
+        )
+    if run_after is None:
+        return
+    if not isinstance(run_after, datetime):
+        raise ValueError(f"run_after must be a datetime or None, not {run_after!r}")
+    if settings.USE_TZ and timezone.is_naive(run_after):
+        raise ValueError("run_after must be an aware datetime (USE_TZ is on)")
+    if not settings.USE_TZ and timezone.is_aware(run_after):
+        raise ValueError("run_after must be a naive datetime (USE_TZ is off)")
 
 
 def cancel(job_id: uuid.UUID | str) -> bool:

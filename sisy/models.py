@@ -13,6 +13,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from sisy.tokens import ApiToken as ApiToken  # the API's tokens live in their own module
+
 
 class JobStatus(models.TextChoices):
     QUEUED = "queued"
@@ -250,14 +252,26 @@ def taskinfo_with_label(label: str) -> dict[str, Any]:
 
 
 class JobQuerySet(models.QuerySet["Job"]):
-    def claimable(self, channel: str | None = None) -> JobQuerySet:
-        """Jobs a worker may start now."""
-        qs = self.filter(status=JobStatus.QUEUED)
+    def claimable(self, channel: str | None = None, now: datetime | None = None) -> JobQuerySet:
+        """Jobs a worker may start now: queued, and not deferred past ``now``."""
+        due = Q(run_after__isnull=True) | Q(run_after__lte=now or timezone.now())
+        qs = self.filter(due, status=JobStatus.QUEUED)
         return qs if channel is None else qs.filter(channel=channel)
 
     def stale(self, now: datetime, older_than: float) -> JobQuerySet:
-        """Queued jobs nobody has started for ``older_than`` seconds: their wake-up may be lost."""
-        return self.claimable().filter(created_at__lte=now - timedelta(seconds=older_than))
+        """Queued jobs nobody has started for ``older_than`` seconds: their wake-up may be lost.
+
+        Deferred jobs are not among them: they never had a wake-up, see :meth:`deferred_due`.
+        """
+        return self.filter(
+            status=JobStatus.QUEUED,
+            run_after__isnull=True,
+            created_at__lte=now - timedelta(seconds=older_than),
+        )
+
+    def deferred_due(self, now: datetime) -> JobQuerySet:
+        """Queued deferred jobs whose ``run_after`` has come: they wait for a wake-up."""
+        return self.filter(status=JobStatus.QUEUED, run_after__isnull=False, run_after__lte=now)
 
     def expired_leases(self, now: datetime) -> JobQuerySet:
         """Running jobs whose worker stopped renewing its lease: it is presumed dead."""
@@ -299,6 +313,17 @@ class Job(models.Model):
         verbose_name=_("scheduled task"),
     )
     scheduled_for = models.DateTimeField(_("scheduled for"), null=True, blank=True)
+    priority = models.SmallIntegerField(
+        _("priority"),
+        default=0,
+        help_text=_("Among the queued jobs of a channel, higher priorities start first."),
+    )
+    run_after = models.DateTimeField(
+        _("run after"),
+        null=True,
+        blank=True,
+        help_text=_("Not started before this time; empty: as soon as possible."),
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -307,8 +332,17 @@ class Job(models.Model):
         verbose_name_plural = _("jobs")
         ordering = ("-created_at",)
         indexes = [
-            # The claim and sweep queries: queued jobs of a channel, oldest first.
-            models.Index(fields=["status", "channel", "created_at"], name="sisy_job_claim_idx"),
+            # The claim: queued jobs of a channel, highest priority first, then oldest.
+            models.Index(
+                fields=["status", "channel", "-priority", "created_at"],
+                name="sisy_job_claim_prio_idx",
+            ),
+            # The clock's pass over deferred jobs that became due.
+            models.Index(
+                fields=["run_after"],
+                condition=Q(status=JobStatus.QUEUED, run_after__isnull=False),
+                name="sisy_job_deferred_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -50,8 +50,10 @@ class _Cancelled(LostJob, JobCancelled):
 
 
 def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> Job | None:
-    """Start ``job_id`` (or, when ``None``, the oldest queued job of ``channel``) for this worker.
+    """Start ``job_id`` (or, when ``None``, the next queued job of ``channel``) for this worker.
 
+    The next job is the one with the highest priority, then the oldest; a job
+    deferred to a later time (``run_after``) is not claimable before it.
     Returns the claimed job, or ``None`` when there is nothing to claim.
     """
     if job_id is not None:
@@ -62,12 +64,14 @@ def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> J
             return None
     else:
         candidates = list(
-            Job.objects.claimable(channel).order_by("created_at").values_list("pk", flat=True)[:5]
+            Job.objects.claimable(channel)
+            .order_by("-priority", "created_at")
+            .values_list("pk", flat=True)[:5]
         )
     for pk in candidates:
         now = timezone.now()
         updated = (
-            Job.objects.claimable(channel)  # a worker only takes its own channel's jobs
+            Job.objects.claimable(channel, now)  # a worker only takes its own channel's jobs
             .filter(pk=pk)
             .update(
                 status=JobStatus.IN_PROGRESS,
@@ -92,9 +96,16 @@ def handle_wakeup(job_id: Any, state: WorkerState, channel: str) -> int:
     try:
         if state.stopping.is_set():
             return 0
+        refresh_connections()
         job = claim(job_id, state, channel) if job_id is not None else None
-        while not state.stopping.is_set():
+        while True:
             if job is None:
+                # Stopping ends the drain here, before a claim: a job once
+                # claimed is always run, or it would sit in progress until its
+                # lease expired.
+                if state.stopping.is_set():
+                    break
+                refresh_connections()
                 job = claim(None, state, channel)
                 if job is None:
                     break
@@ -104,6 +115,21 @@ def handle_wakeup(job_id: Any, state: WorkerState, channel: str) -> int:
     finally:
         state.leave()
     return ran
+
+
+def refresh_connections() -> None:
+    """Drop database connections that broke (a database restart) or, where
+    ``CONN_MAX_AGE`` is set, grew too old; the next query reconnects.
+
+    Like Django's ``close_old_connections()`` between requests, except that a
+    worker keeps a healthy connection when ``CONN_MAX_AGE`` is 0: a worker is
+    one long-running client, and reconnecting per job would cost more than the job.
+    """
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None:
+            continue
+        if connection.errors_occurred or connection.settings_dict.get("CONN_MAX_AGE") != 0:
+            connection.close_if_unusable_or_obsolete()
 
 
 def _fenced(job: Job) -> QuerySet[Job]:
@@ -285,3 +311,35 @@ class _ProgressReporter:
             if Job.objects.filter(pk=self.job.pk, status=JobStatus.CANCELLED).exists():
                 raise _Cancelled(f"job {self.job.pk} was cancelled")
             raise LostJob(f"during task {self.task.position}")
+
+
+def release(state: WorkerState) -> uuid.UUID | None:
+    """Give the job ``state`` is running back to the queue, for another worker.
+
+    Used when a stopping worker's grace period runs out. The write is fenced,
+    so a job that finished, was cancelled or was reassigned meanwhile is left
+    alone. The attempt stays counted. Returns the released job's id, if any.
+    """
+    current = state.current_job()
+    if current is None:
+        return None
+    with transaction.atomic():
+        released = Job.objects.filter(
+            pk=current.job_id,
+            status=JobStatus.IN_PROGRESS,
+            worker=state.worker_id,
+            attempts=current.attempt,
+        ).update(status=JobStatus.QUEUED, worker="", lease_expires_at=None)
+        if released:
+            JobTask.objects.filter(job_id=current.job_id, status=JobTaskStatus.RUNNING).update(
+                status=JobTaskStatus.PENDING, progress=0.0, progress_message=""
+            )
+    if not released:
+        return None
+    logger.warning(
+        "sisy: worker %s released job %s (attempt %d) for another worker",
+        state.worker_id,
+        current.job_id,
+        current.attempt,
+    )
+    return uuid.UUID(str(current.job_id))

@@ -54,3 +54,40 @@ class RunTask(Module):
         except (TypeError, ValueError):
             return repr(result)
         return result
+
+
+#: sisy's internal module running a Django Tasks ``@task`` function (see :mod:`sisy.backends`).
+DJANGO_TASK_MODULE = "sisy.django_task"
+
+#: A dotted path to a module-level name: ``package.module.name``.
+_DOTTED_PATH = r"^[^\W\d]\w*(\.[^\W\d]\w*)+$"
+
+
+@register(DJANGO_TASK_MODULE)
+class RunDjangoTask(Module):
+    """Runs one enqueued Django Tasks ``@task`` function.
+
+    :class:`sisy.backends.ChannelsBackend` writes its data: the task's dotted
+    path, its JSON arguments, and the backend alias and queue it was enqueued
+    on. The worker runs only a ``django.tasks.Task`` found at that path, so a
+    forged row cannot call an arbitrary function. Needs Django 6.0 or later.
+    """
+
+    public = False
+    schema = {
+        "type": "object",
+        "required": ["task", "args", "kwargs"],
+        "properties": {
+            "task": {"type": "string", "pattern": _DOTTED_PATH, "maxLength": 500},
+            "args": {"type": "array"},
+            "kwargs": {"type": "object"},
+            "backend": {"type": "string", "minLength": 1},
+            "queue_name": {"type": "string", "minLength": 1},
+        },
+        "additionalProperties": False,
+    }
+
+    def run(self) -> Any:
+        from sisy import backends  # ImportError before Django 6.0, saying so
+
+        return backends.run_task(self.data, self.job)

@@ -31,7 +31,8 @@ def status_report(now: datetime | None = None, failures: int = 5) -> dict[str, A
     counts = dict.fromkeys(JobStatus.values, 0)
     for row in Job.objects.order_by().values("status").annotate(n=Count("pk")):
         counts[row["status"]] = row["n"]
-    oldest = Job.objects.filter(status=JobStatus.QUEUED).aggregate(at=Min("created_at"))["at"]
+    # Deferred jobs wait on purpose: the oldest *claimable* job says whether workers keep up.
+    oldest = Job.objects.claimable(now=now).aggregate(at=Min("created_at"))["at"]
     failed = Job.objects.filter(status=JobStatus.FAILED).order_by("-finished_at")[:failures]
     return {
         "time": now.isoformat(),

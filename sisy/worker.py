@@ -26,6 +26,7 @@ from channels.worker import Worker
 from sisy import runner, state
 from sisy.conf import sisy_settings
 from sisy.heartbeat import HeartbeatThread
+from sisy.models import Job
 
 logger = logging.getLogger("sisy.worker")
 
@@ -133,14 +134,47 @@ class SisyWorker(Worker):
             self._stop.set()
 
     async def _wait_for_running_job(self) -> None:
-        """Wait until no consumer is inside the runner.
+        """Wait until no consumer is inside the runner, for the grace period at most.
 
         Wake-ups still buffered are dropped: ``stopping`` is set, and the runner
         counts itself active before it checks ``stopping``, so none of them can
-        start a job once this sees zero.
+        start a job once this sees zero. When the grace period
+        (:setting:`SISY_WORKER_SHUTDOWN_GRACE`) runs out first, the running job
+        goes back to the queue, another worker is woken for it, and the
+        process exits 0 at once (the job's thread cannot be stopped otherwise).
         """
+        grace = sisy_settings.WORKER_SHUTDOWN_GRACE
+        loop = asyncio.get_running_loop()
+        deadline = None if grace is None else loop.time() + grace
         while self.state.active > 0:
+            if deadline is not None and loop.time() >= deadline:
+                await asyncio.to_thread(self._release_and_exit)
             await asyncio.sleep(0.05)
+
+    def _release_and_exit(self) -> None:
+        from django.db import close_old_connections
+
+        from sisy.dispatch import wake
+
+        close_old_connections()
+        job_id = None
+        try:
+            job_id = runner.release(self.state)
+            if job_id is not None:
+                channel = Job.objects.filter(pk=job_id).values_list("channel", flat=True).first()
+                if channel:
+                    wake(channel, [job_id])
+        except Exception:
+            logger.exception("sisy: could not release the running job; its lease will expire")
+        logger.warning(
+            "sisy: worker %s stopped after its %ss grace period%s",
+            self.state.worker_id,
+            sisy_settings.WORKER_SHUTDOWN_GRACE,
+            f"; job {job_id} is queued again" if job_id else "",
+        )
+        stop_heartbeat()
+        logging.shutdown()
+        os._exit(0)
 
     async def listener(self, channel: str) -> None:
         scope = {"type": "channel", "channel": channel}

@@ -8,6 +8,7 @@ default). The Redis URL is filled in by tests/conftest.py, which starts its own
 
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "sisy-tests-only"
@@ -84,7 +85,7 @@ else:
     }
 
 REDIS_URL = os.environ.get("SISY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-CHANNEL_LAYERS = {
+CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py >= 8 times reads out after 5 s by default, which breaks the
@@ -92,12 +93,35 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}]},
     }
 }
+# Knobs for the fault-injection suite (tests/chaos); unset, the layer is as above.
+CHANNEL_LAYERS["default"]["BACKEND"] = os.environ.get(
+    "SISY_TEST_LAYER_BACKEND", CHANNEL_LAYERS["default"]["BACKEND"]
+)
+if os.environ.get("SISY_TEST_REDIS_URL_2"):  # a second shard
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"].append(
+        {"address": os.environ["SISY_TEST_REDIS_URL_2"], "socket_timeout": 10}
+    )
+if os.environ.get("SISY_TEST_LAYER_EXPIRY"):
+    CHANNEL_LAYERS["default"]["CONFIG"]["expiry"] = int(os.environ["SISY_TEST_LAYER_EXPIRY"])
+if os.environ.get("SISY_TEST_LAYER_CAPACITY"):
+    CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = int(os.environ["SISY_TEST_LAYER_CAPACITY"])
+
+# Django >= 6.0 runs @task functions (tests/testapp/django_tasks.py) on sisy's
+# workers; Django 5.2 ignores the setting.
+TASKS = {
+    "default": {
+        "BACKEND": "sisy.backends.ChannelsBackend",
+        "QUEUES": ["default", "emails"],
+        "OPTIONS": {"CHANNELS": {"emails": "sisy.emails"}},
+    }
+}
 
 SISY_HEARTBEAT_FREQUENCY = float(os.environ.get("SISY_TEST_HEARTBEAT_FREQUENCY", "60"))
 SISY_WORKER_HEARTBEAT_INTERVAL = 0.5
 SISY_WORKER_HEARTBEAT_TTL = 3
-SISY_JOB_LEASE = 5
+SISY_JOB_LEASE = float(os.environ.get("SISY_TEST_JOB_LEASE", "5"))
 SISY_REDISPATCH_AFTER = 0
+SISY_WORKER_SHUTDOWN_GRACE = float(os.environ.get("SISY_TEST_SHUTDOWN_GRACE", "25"))
 
 LOGGING = {
     "version": 1,

@@ -141,8 +141,10 @@ def test_task_admin_lists_outcomes_and_next_runs_and_runs_now(staff: Client) -> 
     for i in range(3, 10):
         task_with_callable(tasks.record_run, label=f"t{i}", schedule="*/5 * * * *").save()
     with CaptureQueriesContext(connection) as many:
-        assert staff.get(url).status_code == 200
+        listing = staff.get(url)
+    assert listing.status_code == 200
     assert len(many) == len(few)
+    assert "Every 5 minutes" in listing.content.decode()
     task = Task.objects.get(label="t0")
     detail = staff.get(reverse("admin:sisy_task_change", args=[task.pk]))
     assert detail.status_code == 200 and detail.content.decode().count("<div>20") >= 5

@@ -27,6 +27,20 @@ def test_time_zone_support_is_required() -> None:
     assert ids(checks.check_time_zone_support()) == ["sisy.E004"]
 
 
+def test_auth_and_contenttypes_are_required() -> None:
+    from django.apps import apps
+
+    assert checks.check_required_apps() == []
+    installed = [c.name for c in apps.get_app_configs()]
+    apps.set_installed_apps([name for name in installed if name != "django.contrib.auth"])
+    try:
+        found = checks.check_required_apps()
+    finally:
+        apps.unset_installed_apps()
+    assert ids(found) == ["sisy.E005"]
+    assert "django.contrib.auth" in found[0].msg and "contenttypes" not in found[0].msg
+
+
 @override_settings(CHANNEL_LAYERS={})
 def test_missing_channel_layer() -> None:
     assert ids(checks.check_channel_layer()) == ["sisy.E001"]

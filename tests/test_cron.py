@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sisy.cron import next_run, next_runs, parse
+from sisy.cron import describe, next_run, next_runs, parse
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -195,3 +195,25 @@ def test_naive_datetimes_are_refused() -> None:
 def test_invalid_schedules_name_the_field(expression: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse(expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ("0 0 l * *", "At 00:00, on the last day of the month"),
+        ("* * * * * */10", "Every 10 seconds"),
+        ("30 14 * * mon-fri", "At 14:30, Monday through Friday"),
+        ("0 0 1 * 1", "At 00:00, on day 1 of the month, or on Monday"),
+        ("5 4 * * 7", "At 04:05, only on Sunday"),
+        ("not a schedule", "not a schedule"),
+    ],
+)
+def test_describe_says_the_schedule_in_words(expression: str, words: str) -> None:
+    assert describe(expression) == words
+
+
+@given(
+    st.sampled_from(["*", "*/5", "1-3", "1,2", "l"]), st.sampled_from(["*", "mon", "0-7", "1-5/2"])
+)
+def test_describe_never_fails(day: str, weekday: str) -> None:
+    assert describe(f"0 0 {day} * {weekday}")

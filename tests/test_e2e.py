@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections import Counter
 
 import pytest
@@ -136,6 +137,31 @@ def test_sigterm_lets_the_running_job_finish(workers: Workers) -> None:
     assert process.wait(20) == 0
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
+
+
+def test_sigterm_past_the_grace_period_releases_the_job_to_another_worker(
+    workers: Workers,
+) -> None:
+    workers.env["SISY_TEST_SHUTDOWN_GRACE"] = "1"
+    first = workers.start("--worker-id", "grace-1")
+    job = sisy.submit({"job_title": "too long", "tasks": [{"slow": {"seconds": 4}}]})
+
+    def running() -> bool:
+        job.refresh_from_db()
+        return job.status == JobStatus.IN_PROGRESS
+
+    wait_for(running, 20, "job to start")
+    started = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(20) == 0
+    assert time.monotonic() - started < 3.5  # the grace period, not the job's 4 s
+    job.refresh_from_db()
+    assert (job.status, job.worker, job.attempts) == (JobStatus.QUEUED, "", 1)
+    assert job.job_tasks.get().status == "pending"
+
+    workers.start("--worker-id", "grace-2")
+    job = finished(job)
+    assert (job.status, job.worker, job.attempts) == (JobStatus.SUCCEEDED, "grace-2", 2)
 
 
 def test_lost_wakeup_is_recovered_by_one_clock_tick(workers: Workers, redis) -> None:

@@ -73,6 +73,23 @@ def test_stopping_worker_claims_nothing(state: WorkerState) -> None:
     assert job.status == JobStatus.QUEUED
 
 
+def test_a_job_claimed_as_the_worker_starts_stopping_still_runs(
+    state: WorkerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [sisy.submit({"record": {"label": str(i)}}) for i in range(2)]
+    claim = runner.claim
+
+    def claim_then_stop(*args: Any) -> Job | None:
+        job = claim(*args)
+        state.stopping.set()  # SIGTERM lands between the claim and the run
+        return job
+
+    monkeypatch.setattr(runner, "claim", claim_then_stop)
+    assert runner.handle_wakeup(str(jobs[0].job_id), state, CHANNEL) == 1
+    statuses = {job.pk: job.status for job in Job.objects.all()}
+    assert statuses == {jobs[0].pk: JobStatus.SUCCEEDED, jobs[1].pk: JobStatus.QUEUED}
+
+
 def test_successful_job_records_results_and_timings(state: WorkerState) -> None:
     job = sisy.submit({"tasks": [{"record": {"label": "a"}}, {"slow": {"seconds": 0.05}}]})
     job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
@@ -209,3 +226,35 @@ def test_statements_per_one_task_job(state: WorkerState) -> None:
     assert Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
     # claim, read job, read tasks, task running, task done, job done
     assert len(statements) == 6, statements
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite has no server whose restart drops connections"
+)
+def test_a_connection_the_server_dropped_is_replaced_before_the_next_claim(
+    state: WorkerState,
+) -> None:
+    import psycopg
+    from django.db import DatabaseError
+
+    job = sisy.submit({"job_title": "after restart", "record": {"label": "x"}})
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as admin:  # what a restart does to it
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(DatabaseError):
+        runner.handle_wakeup(str(job.job_id), state, CHANNEL)
+    assert runner.handle_wakeup(str(job.job_id), state, CHANNEL) == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert connection.connection.info.backend_pid != pid
+
+
+def test_a_healthy_connection_is_kept_between_jobs(state: WorkerState) -> None:
+    first = sisy.submit({"job_title": "one", "record": {"label": "1"}})
+    runner.handle_wakeup(str(first.job_id), state, CHANNEL)
+    raw = connection.connection
+    second = sisy.submit({"job_title": "two", "record": {"label": "2"}})
+    runner.handle_wakeup(str(second.job_id), state, CHANNEL)
+    assert connection.connection is raw

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from sisy import signals
 from sisy.modules import Module, register
 
 
@@ -104,3 +105,68 @@ class Patient(Module):
 
     def cleanup(self) -> None:
         record("cleanups", "patient")
+
+
+# --- Fault-injection suite (tests/chaos) -------------------------------------
+# Executions are counted in a Redis of their own (SISY_CHAOS_COUNTER_URL), which
+# the faults never touch: the tests flush and restart the Redis sisy uses.
+
+_chaos_counter: redis.Redis | None = None
+
+
+def chaos_counter() -> redis.Redis | None:
+    """The counting Redis of a chaos worker, or ``None`` outside the chaos suite."""
+    global _chaos_counter
+    url = os.environ.get("SISY_CHAOS_COUNTER_URL")
+    if not url:
+        return None
+    if _chaos_counter is None:
+        _chaos_counter = redis.Redis.from_url(url)
+    return _chaos_counter
+
+
+@register("chaos")
+class Chaos(Module):
+    """Counts its starts and its completed runs per job id, independently of sisy's rows.
+
+    ``seconds``: how long run() takes; ``progress``: report progress while it
+    waits (a fenced write each half second); ``fail``: raise instead of completing.
+    """
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "seconds": {"type": "number", "minimum": 0, "maximum": 60},
+            "progress": {"type": "boolean"},
+            "fail": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    }
+
+    def run(self) -> dict[str, Any]:
+        assert self.job is not None
+        counter = chaos_counter()
+        job_id = str(self.job.job_id)
+        if counter is not None:
+            counter.hincrby("chaos:starts", job_id, 1)
+        seconds = float(self.data.get("seconds", 0))
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+            if self.data.get("progress"):
+                self.progress(1 - max(0.0, deadline - time.monotonic()) / seconds)
+        if self.data.get("fail"):
+            raise RuntimeError(f"chaos: job {job_id} fails on purpose")
+        if counter is not None:
+            counter.hincrby("chaos:runs_done", job_id, 1)
+        return {"pid": os.getpid(), "attempt": self.job.attempts}
+
+
+def _count_recorded_outcome(sender: Any, job: Any, status: str, **kwargs: Any) -> None:
+    """``job_finished`` is sent only after the fenced write recording the outcome succeeded."""
+    counter = chaos_counter()
+    if counter is not None:
+        counter.hincrby("chaos:recorded", str(job.job_id), 1)
+
+
+signals.job_finished.connect(_count_recorded_outcome, dispatch_uid="sisy-chaos-recorded")

@@ -36,7 +36,7 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"tick: {report.fired} task(s) fired, {report.skipped} skipped (overlap), "
                     f"{report.requeued} requeued, {report.lost} lost, "
-                    f"{report.woken} wake-up(s) sent"
+                    f"{report.woken} wake-up(s) sent ({report.deferred} for deferred jobs now due)"
                 )
             return
         from channels.layers import get_channel_layer
