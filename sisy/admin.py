@@ -42,7 +42,16 @@ class JobTaskInline(admin.TabularInline):
     extra = 0
     can_delete = False
     ordering = ("position",)
-    fields = ("position", "module", "data", "status", "progress_bar", "result", "traceback")
+    fields = (
+        "position",
+        "module",
+        "data",
+        "status",
+        "progress_bar",
+        "retry_count",
+        "result",
+        "traceback",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

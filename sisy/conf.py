@@ -24,6 +24,7 @@ REDISPATCH_AFTER = 10.0
 SWEEP_MAX_WAKEUPS = 10
 WORKER_PREFETCH = 10
 WORKER_SHUTDOWN_GRACE: float | None = 25.0
+TIME_LIMIT_GRACE = 5.0
 MODULES: tuple[str, ...] = ()
 DEFAULT_SCHEDULE = "* * * * *"
 CLOCK_BATCH = 5000
@@ -155,6 +156,12 @@ class Settings:
     def WORKER_SHUTDOWN_GRACE(self) -> float | None:
         value = self._get("SISY_WORKER_SHUTDOWN_GRACE", WORKER_SHUTDOWN_GRACE)
         return None if value is None else _non_negative_number("SISY_WORKER_SHUTDOWN_GRACE", value)
+
+    @property
+    def TIME_LIMIT_GRACE(self) -> float:
+        return _non_negative_number(
+            "SISY_TIME_LIMIT_GRACE", self._get("SISY_TIME_LIMIT_GRACE", TIME_LIMIT_GRACE)
+        )
 
     @property
     def MODULES(self) -> tuple[str, ...]:

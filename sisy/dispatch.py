@@ -119,6 +119,8 @@ def store(
         job_title=job_spec.title,
         channel=channel or sisy_settings.RUN_CHANNEL,
         max_attempts=job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
+        retries=job_spec.retries,
+        time_limit=job_spec.time_limit,
         priority=priority,
         run_after=run_after,
     )

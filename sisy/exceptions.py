@@ -34,3 +34,13 @@ class JobCancelled(Exception):
     Let it propagate: the worker runs ``cleanup()`` and records the job as
     cancelled.
     """
+
+
+class TimeLimitExceeded(Exception):
+    """A job task ran past its time limit and was stopped.
+
+    Raised inside the module's thread (at the next Python instruction it runs)
+    and recorded as the task's error. A module stuck in C code that does not
+    return within the grace period is abandoned: its worker process replaces
+    itself, after recording the same error. See :ref:`time-limits`.
+    """

@@ -301,6 +301,18 @@ class Job(models.Model):
         _("attempts"), default=0, help_text=_("How many times a worker has started this job.")
     )
     max_attempts = models.PositiveIntegerField(_("max attempts"), default=3)
+    retries = models.PositiveSmallIntegerField(
+        _("retries"),
+        null=True,
+        blank=True,
+        help_text=_("How many times each failed task is tried again; empty: the module's own."),
+    )
+    time_limit = models.FloatField(
+        _("time limit"),
+        null=True,
+        blank=True,
+        help_text=_("Seconds each task may run; empty: the module's own."),
+    )
     worker = models.CharField(_("worker"), max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True)
@@ -383,6 +395,11 @@ class JobTask(models.Model):
         _("status"), max_length=16, choices=JobTaskStatus.choices, default=JobTaskStatus.PENDING
     )
     progress = models.FloatField(_("progress"), default=0.0)
+    retry_count = models.PositiveSmallIntegerField(
+        _("retries so far"),
+        default=0,
+        help_text=_("How many times this task failed and was retried."),
+    )
     progress_message = models.CharField(_("progress message"), max_length=200, blank=True)
     result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
     error = models.TextField(_("error"), blank=True)

@@ -15,6 +15,7 @@ anything else fails with "unknown module" and nothing is imported.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,27 @@ class Module:
     #: Whether job specifications may name this module. sisy's own internal
     #: modules (running a scheduled Task) are not public: only sisy creates them.
     public: ClassVar[bool] = True
+    #: How many times a failed run is tried again (a job's ``retries`` overrides it).
+    #: Invalid data and cancellation are never retried.
+    retries: ClassVar[int] = 0
+    #: Seconds before the first retry; each next one waits twice as long, up to
+    #: ``retry_backoff_max``, each delay drawn between half of it and all of it
+    #: when ``retry_jitter`` is set (so failures do not come back in step).
+    retry_backoff: ClassVar[float] = 1.0
+    retry_backoff_max: ClassVar[float] = 300.0
+    retry_jitter: ClassVar[bool] = True
+    #: Seconds one run may take; past it the run is stopped and fails with
+    #: :class:`~sisy.exceptions.TimeLimitExceeded` (a job's ``time_limit``
+    #: overrides it). ``None``: no limit.
+    time_limit: ClassVar[float | None] = None
+
+    @classmethod
+    def retry_delay(cls, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first)."""
+        delay = min(cls.retry_backoff_max, cls.retry_backoff * 2 ** max(0, retry - 1))
+        if cls.retry_jitter:
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - spreading retries, not secrets
+        return delay
 
     def __init__(
         self,
@@ -157,6 +179,7 @@ class ModuleRegistry:
                 f"sisy module {name!r} must be a subclass of sisy.modules.Module"
             )
         validator = compile_schema(name, module_class.schema)
+        _check_policy(name, module_class)
         with self._lock:
             existing = self._modules.get(name)
             if existing is not None and _qualname(existing) != _qualname(module_class):
@@ -177,6 +200,10 @@ class ModuleRegistry:
     def get(self, name: str) -> type[Module]:
         """The module class registered as ``name``; ``KeyError`` when there is none."""
         return self._modules[name]
+
+    def find(self, name: str) -> type[Module] | None:
+        """The module class registered as ``name``, or ``None``."""
+        return self._modules.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._modules
@@ -245,6 +272,25 @@ def _json_type(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "an array"
     return type(value).__name__
+
+
+def _check_policy(name: str, module_class: type[Module]) -> None:
+    """Retry and time limit attributes must make sense: say which one does not."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+    retries = module_class.retries
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ImproperlyConfigured(f"sisy module {name!r}: retries must be an int >= 0")
+    for attr in ("retry_backoff", "retry_backoff_max"):
+        if not number(getattr(module_class, attr)):
+            raise ImproperlyConfigured(f"sisy module {name!r}: {attr} must be a number >= 0")
+    limit = module_class.time_limit
+    if limit is not None and (not number(limit) or limit == 0):
+        raise ImproperlyConfigured(
+            f"sisy module {name!r}: time_limit must be a number of seconds > 0, or None"
+        )
 
 
 #: The registry every worker, view and form uses.

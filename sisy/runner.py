@@ -15,11 +15,16 @@ Channels consumer only calls :func:`handle_wakeup`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import sys
+import threading
 import time
 import traceback
 import uuid
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +35,7 @@ from django.utils import timezone
 
 from sisy import signals
 from sisy.conf import sisy_settings
-from sisy.exceptions import JobCancelled
+from sisy.exceptions import JobCancelled, JobSpecError, TimeLimitExceeded
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
 from sisy.modules import Module, registry
 from sisy.state import WorkerState
@@ -207,6 +212,8 @@ def _run_claimed(job: Job, state: WorkerState) -> None:
         if task.status == JobTaskStatus.SUCCEEDED:
             continue  # done by an earlier attempt
         error = _run_task(job, task, state)
+        if error is RETRYING:
+            return  # queued again, deferred by the task's backoff
         if error is not None:
             message = f"task {task.position} ({task.module}) failed: {error}"
             _finish(job, JobStatus.FAILED, message, tasks, skip_from=index + 1)
@@ -214,22 +221,32 @@ def _run_claimed(job: Job, state: WorkerState) -> None:
     _finish(job, JobStatus.SUCCEEDED, "", tasks, skip_from=len(tasks))
 
 
+#: What :func:`_run_task` returns when the failed task was queued again for a retry.
+RETRYING = "retrying"
+
+
 def _run_task(job: Job, task: JobTask, state: WorkerState) -> str | None:
-    """Run one job task through the module lifecycle; return the error's summary, if any."""
+    """Run one job task through the module lifecycle.
+
+    Returns ``None`` on success, :data:`RETRYING` when the task failed and the
+    job was queued again for a retry, or else the error's summary.
+    """
     started = timezone.now()
     if not _fenced_task(job, task).update(
         status=JobTaskStatus.RUNNING, started_at=started, progress=0.0, error=""
     ):
         raise LostJob(f"before task {task.position}")
     reporter = _ProgressReporter(job, task, state)
+    module_class = registry.find(task.module)
     module: Module | None = None
     result: Any = None
     error: BaseException | None = None
     try:
-        module = registry.get(task.module)(task.data, job=job, job_task=task, reporter=reporter)
-        module.initialize()
-        module.validate()
-        result = _json_result(module.run())
+        if module_class is None:
+            raise UnknownModule(f"unknown module {task.module!r}")
+        module = module_class(task.data, job=job, job_task=task, reporter=reporter)
+        limit = job.time_limit or module_class.time_limit
+        result = _json_result(_call_module(module, _Watchdog(limit, job, task, state)))
     except LostJob:
         raise
     except Exception as exc:
@@ -241,9 +258,17 @@ def _run_task(job: Job, task: JobTask, state: WorkerState) -> str | None:
             if cleanup_error and error is None:
                 error = RuntimeError("cleanup failed")
                 task_error = cleanup_error
+    retry_delay = _retry_delay(job, task, module_class, error)
     fields: dict[str, Any] = {"finished_at": timezone.now()}
     if error is None:
         fields.update(status=JobTaskStatus.SUCCEEDED, result=result, progress=1.0)
+    elif retry_delay is not None:
+        fields.update(
+            status=JobTaskStatus.PENDING,
+            error=task_error,
+            retry_count=F("retry_count") + 1,
+            finished_at=None,
+        )
     else:
         fields.update(status=JobTaskStatus.FAILED, error=task_error)
     if not _fenced_task(job, task).update(**fields):
@@ -251,8 +276,210 @@ def _run_task(job: Job, task: JobTask, state: WorkerState) -> str | None:
     if error is None:
         return None
     task.error = task_error
-    signals.send(signals.task_failed, JobTask, job=job, job_task=task, error=task_error)
+    signals.send(
+        signals.task_failed,
+        JobTask,
+        job=job,
+        job_task=task,
+        error=task_error,
+        retrying=retry_delay is not None,
+    )
+    if retry_delay is not None:
+        _queue_retry(job, task, retry_delay)
+        return RETRYING
     return str(error) or type(error).__name__
+
+
+class UnknownModule(LookupError):
+    """A job task names a module that is not registered in this worker."""
+
+
+#: Errors a retry cannot fix: the task's data or the deployment must change first.
+NOT_RETRIED = (UnknownModule, JobSpecError, JobCancelled)
+
+
+def _retry_delay(
+    job: Job, task: JobTask, module_class: type[Module] | None, error: BaseException | None
+) -> float | None:
+    """Seconds until the retry of a failed task, or ``None`` if it is not retried."""
+    if error is None or module_class is None or isinstance(error, NOT_RETRIED):
+        return None
+    allowed = job.retries if job.retries is not None else module_class.retries
+    if task.retry_count >= allowed:
+        return None
+    return module_class.retry_delay(task.retry_count + 1)
+
+
+def _queue_retry(job: Job, task: JobTask, delay: float) -> None:
+    """Queue ``job`` again, not before ``delay`` seconds from now (a fenced write)."""
+    from django.db.models.functions import Greatest
+
+    run_after = timezone.now() + timedelta(seconds=delay)
+    if not _fenced(job).update(
+        status=JobStatus.QUEUED,
+        worker="",
+        lease_expires_at=None,
+        run_after=run_after,
+        # A retry is not a lost worker: it does not use up the job's attempts.
+        max_attempts=Greatest(F("max_attempts"), F("attempts") + 1),
+    ):
+        raise LostJob(f"queueing task {task.position} again")
+    job.status, job.run_after = JobStatus.QUEUED, run_after
+    logger.info(
+        "sisy: job %s task %d (%s) failed; retry %d in %.1fs",
+        job.pk,
+        task.position,
+        task.module,
+        task.retry_count + 1,
+        delay,
+    )
+    _wake_later(job.channel, job.pk, delay)
+
+
+def _wake_later(channel: str, job_id: uuid.UUID, delay: float) -> None:
+    """Send the retry's wake-up when it is due, from this process.
+
+    If the process is gone by then, the clock's tick sends it instead (see
+    ``clock.wake_deferred``), so this only makes retries punctual.
+    """
+    from sisy.dispatch import wake
+
+    timer = threading.Timer(delay, wake, args=(channel, [job_id]))
+    timer.daemon = True
+    timer.start()
+
+
+def _call_module(module: Module, watchdog: _Watchdog) -> Any:
+    """initialize(), validate() and run(), under the time limit."""
+    watchdog.arm()
+    try:
+        module.initialize()
+        module.validate()
+        return module.run()
+    finally:
+        # A TimeLimitExceeded already on its way is raised in here, at the latest.
+        watchdog.disarm()
+
+
+class _Watchdog:
+    """Enforces a job task's time limit.
+
+    When the limit passes, :class:`~sisy.exceptions.TimeLimitExceeded` is
+    raised in the task's thread, at the next Python instruction it runs; the
+    runner records it like any error (and retries when allowed). A thread stuck
+    in C code (a blocking call) never gets there: after
+    :setting:`SISY_TIME_LIMIT_GRACE` more seconds the watchdog records the
+    failure itself and replaces the worker process, since nothing else can stop
+    that thread.
+    """
+
+    def __init__(self, limit: float | None, job: Job, task: JobTask, state: WorkerState) -> None:
+        self.limit, self.job, self.task, self.state = limit, job, task, state
+        self.thread_id = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed = False
+        self._fired = False
+        self._timers: list[threading.Timer] = []
+
+    def arm(self) -> None:
+        if self.limit is None:
+            return
+        self._armed = True
+        self._start(self.limit, self._soft)
+
+    def _start(self, delay: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(delay, action)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def disarm(self) -> None:
+        if self.limit is None:
+            return
+        with self._lock:
+            self._armed = False
+            fired = self._fired
+        for timer in self._timers:
+            timer.cancel()
+        if fired:
+            # Give a pending asynchronous exception its chance to be raised here.
+            for _ in range(1000):
+                pass
+
+    def _soft(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            self._fired = True
+            logger.warning(
+                "sisy: job %s task %d (%s) passed its %ss time limit; stopping it",
+                self.job.pk,
+                self.task.position,
+                self.task.module,
+                self.limit,
+            )
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.thread_id), ctypes.py_object(TimeLimitExceeded)
+            )
+        self._start(sisy_settings.TIME_LIMIT_GRACE, self._hard)
+
+    def _hard(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            self._armed = False
+        logger.error(
+            "sisy: job %s task %d (%s) ignored its time limit for %ss more; "
+            "recording the failure and replacing this worker process",
+            self.job.pk,
+            self.task.position,
+            self.task.module,
+            sisy_settings.TIME_LIMIT_GRACE,
+        )
+        try:
+            _record_abandoned(self.job, self.task, self.limit or 0.0)
+        except Exception:
+            logger.exception("sisy: could not record the timeout; the job's lease will expire")
+        replace_process()
+
+
+def _record_abandoned(job: Job, task: JobTask, limit: float) -> None:
+    """The hard time limit's outcome, written from the watchdog's thread."""
+    message = f"sisy.exceptions.TimeLimitExceeded: stopped after {limit}s (the task did not return)"
+    error = TimeLimitExceeded(message)
+    module_class = registry.find(task.module)
+    retry_delay = _retry_delay(job, task, module_class, error)
+    if retry_delay is not None:
+        if _fenced_task(job, task).update(
+            status=JobTaskStatus.PENDING, error=message, retry_count=F("retry_count") + 1
+        ):
+            _queue_retry(job, task, retry_delay)
+        return
+    if not _fenced_task(job, task).update(
+        status=JobTaskStatus.FAILED, error=message, finished_at=timezone.now()
+    ):
+        return
+    tasks = job.ordered_tasks()
+    summary = f"task {task.position} ({task.module}) failed: {message}"
+    with suppress(LostJob):  # cancelled or reassigned meanwhile: its outcome stands
+        _finish(job, JobStatus.FAILED, summary, tasks, skip_from=task.position + 1)
+
+
+def replace_process() -> None:
+    """Start this worker afresh in the same process (same pid, new worker id).
+
+    The heartbeat key is removed first; file descriptors of sockets and files
+    Python opened are not inherited (they are close-on-exec).
+    """
+    from sisy.worker import stop_heartbeat
+
+    try:
+        stop_heartbeat()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)  # noqa: S606 - the worker's own command line
 
 
 def _cleanup(module: Module) -> str:

@@ -26,7 +26,12 @@ MAX_TITLE_LENGTH = 200
 MAX_TASKS = 1000
 
 #: Keys of the envelope; in the legacy shape every other key names a task.
-ENVELOPE_KEYS = frozenset({"job_title", "job_name", "job_id", "tasks", "max_attempts"})
+ENVELOPE_KEYS = frozenset(
+    {"job_title", "job_name", "job_id", "tasks", "max_attempts", "retries", "time_limit"}
+)
+
+#: Longest time limit a job may ask for (a week), in seconds.
+MAX_TIME_LIMIT = 7 * 24 * 3600
 
 #: JSON Schema of the envelope (the task list's items are checked in code, per shape).
 ENVELOPE_SCHEMA: dict[str, Any] = {
@@ -38,6 +43,8 @@ ENVELOPE_SCHEMA: dict[str, Any] = {
         "job_id": {"type": "string"},
         "tasks": {"type": "array", "minItems": 1, "maxItems": MAX_TASKS},
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 100},
+        "time_limit": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIME_LIMIT},
     },
 }
 
@@ -58,6 +65,10 @@ class JobSpec:
     title: str
     tasks: tuple[TaskSpec, ...]
     max_attempts: int | None = None
+    #: Overrides every task's :attr:`Module.retries <sisy.modules.Module.retries>`.
+    retries: int | None = None
+    #: Overrides every task's :attr:`Module.time_limit <sisy.modules.Module.time_limit>`.
+    time_limit: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The canonical JSON form (the second shape above, with ``job_id``)."""
@@ -66,8 +77,9 @@ class JobSpec:
             "job_title": self.title,
             "tasks": [{"module": t.module, "data": t.data} for t in self.tasks],
         }
-        if self.max_attempts is not None:
-            spec["max_attempts"] = self.max_attempts
+        for key in ("max_attempts", "retries", "time_limit"):
+            if getattr(self, key) is not None:
+                spec[key] = getattr(self, key)
         return spec
 
 
@@ -130,6 +142,8 @@ def parse(spec: Any) -> JobSpec:
         title=title,
         tasks=tuple(tasks),
         max_attempts=spec.get("max_attempts"),
+        retries=spec.get("retries"),
+        time_limit=spec.get("time_limit"),
     )
 
 

@@ -122,6 +122,8 @@ SISY_WORKER_HEARTBEAT_TTL = 3
 SISY_JOB_LEASE = float(os.environ.get("SISY_TEST_JOB_LEASE", "5"))
 SISY_REDISPATCH_AFTER = 0
 SISY_WORKER_SHUTDOWN_GRACE = float(os.environ.get("SISY_TEST_SHUTDOWN_GRACE", "25"))
+SISY_TIME_LIMIT_GRACE = float(os.environ.get("SISY_TEST_TIME_LIMIT_GRACE", "5"))
+SISY_MODULES = ["tests.testapp.policy_modules"]
 
 LOGGING = {
     "version": 1,
