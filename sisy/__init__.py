@@ -12,17 +12,25 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["JobCancelled", "JobSpecError", "__version__", "cancel", "retry", "submit"]
+__all__ = [
+    "JobCancelled",
+    "JobSpecError",
+    "__version__",
+    "cancel",
+    "retry",
+    "submit",
+    "submit_many",
+]
 
 if TYPE_CHECKING:
-    from sisy.dispatch import cancel, retry, submit
+    from sisy.dispatch import cancel, retry, submit, submit_many
     from sisy.exceptions import JobCancelled, JobSpecError
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so ``import sisy`` works before Django's apps are ready
     # (setup.cfg reads __version__ from here).
-    if name in ("submit", "cancel", "retry"):
+    if name in ("submit", "submit_many", "cancel", "retry"):
         from sisy import dispatch
 
         return getattr(dispatch, name)

@@ -8,6 +8,7 @@ transaction commits, and a wake-up that cannot be sent (Redis down,
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -49,6 +50,11 @@ class _LoopThread:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
+        self._outbox: dict[tuple[int, str], tuple[Any, str, list[uuid.UUID | str]]] = {}
+        self._waiting = 0
+        self._draining = False
+        self._idle = threading.Event()
+        self._idle.set()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         loop = self._ensure()
@@ -58,6 +64,47 @@ class _LoopThread:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise
+
+    def post(self, layer: Any, channel: str, ids: list[uuid.UUID | str], limit: int) -> bool:
+        """Queue wake-ups for the sender loop and return at once.
+
+        One task on the loop sends what is queued, one message after another:
+        sends never pile up on the layer's connection pool, and a burst is
+        coalesced (see :func:`wake_soon`). ``False`` when ``limit`` wake-ups are
+        already waiting; those given are dropped then.
+        """
+        with self._lock:
+            if self._pid and self._pid != os.getpid():  # a forked child: nothing is draining
+                self._outbox, self._waiting, self._draining = {}, 0, False
+                self._idle.set()
+            if self._waiting >= limit:
+                return False
+            self._outbox.setdefault((id(layer), channel), (layer, channel, []))[2].extend(ids)
+            self._waiting += len(ids)
+            self._idle.clear()
+            schedule = not self._draining
+            self._draining = True
+        if schedule:
+            loop = self._ensure()
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+        return True
+
+    async def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._outbox, self._waiting = self._outbox, {}, 0
+                if not batch:
+                    self._draining = False
+                    self._idle.set()
+                    return
+            for layer, channel, ids in batch.values():
+                # Each woken worker drains the channel: a few wake-ups start as
+                # many workers on a burst as one per job would.
+                await _send_logged(layer, channel, ids[: sisy_settings.SWEEP_MAX_WAKEUPS])
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every posted wake-up was sent (or failed); ``False`` on timeout."""
+        return self._idle.wait(timeout)
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -70,6 +117,22 @@ class _LoopThread:
 
 
 _sender = _LoopThread()
+
+#: Most wake-ups :func:`wake_soon` keeps waiting; past it, it drops them (the
+#: jobs are stored, and a draining worker or the sweep finds them).
+MAX_PENDING_SENDS = 1000
+
+
+def flush(timeout: float = SEND_TIMEOUT) -> bool:
+    """Wait for the wake-ups :func:`submit` started to reach Redis (or fail).
+
+    Returns ``False`` if some are still in flight after ``timeout`` seconds.
+    Called at interpreter exit; useful in tests and short scripts.
+    """
+    return _sender.flush(timeout)
+
+
+atexit.register(flush, 2.0)
 
 
 def run_message(job_id: uuid.UUID | str) -> dict[str, str]:
@@ -114,20 +177,7 @@ def store(
     ``ValueError`` names a bad ``priority`` or ``run_after``; nothing is stored.
     """
     _check_schedule(priority, run_after)
-    job = Job(
-        job_id=job_spec.job_id,
-        job_title=job_spec.title,
-        channel=channel or sisy_settings.RUN_CHANNEL,
-        max_attempts=job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
-        retries=job_spec.retries,
-        time_limit=job_spec.time_limit,
-        priority=priority,
-        run_after=run_after,
-    )
-    tasks = [
-        JobTask(job=job, position=position, module=task.module, data=task.data)
-        for position, task in enumerate(job_spec.tasks)
-    ]
+    job, tasks = _rows(job_spec, channel, priority, run_after)
     using = router.db_for_write(Job)
     try:
         with transaction.atomic(using=using):
@@ -144,11 +194,97 @@ def store(
     def committed() -> None:
         signals.send(signals.job_queued, Job, job=job)
         if run_after is None or run_after <= timezone.now():
-            wake(channel_name, [job_id])
+            wake_soon(channel_name, [job_id])
         # else: the clock's tick sends the wake-up once the job is due.
 
     transaction.on_commit(committed, using=using)
     return job
+
+
+def _rows(
+    job_spec: specs.JobSpec, channel: str | None, priority: int, run_after: datetime | None
+) -> tuple[Job, list[JobTask]]:
+    job = Job(
+        job_id=job_spec.job_id,
+        job_title=job_spec.title,
+        channel=channel or sisy_settings.RUN_CHANNEL,
+        max_attempts=job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
+        retries=job_spec.retries,
+        time_limit=job_spec.time_limit,
+        priority=priority,
+        run_after=run_after,
+    )
+    tasks = [
+        JobTask(job=job, position=position, module=task.module, data=task.data)
+        for position, task in enumerate(job_spec.tasks)
+    ]
+    return job, tasks
+
+
+def submit_many(
+    job_specs: Iterable[Any],
+    *,
+    channel: str | None = None,
+    priority: int = 0,
+    run_after: datetime | None = None,
+) -> list[Job]:
+    """Validate and store many jobs at once: one transaction, a few wake-ups.
+
+    Every specification is validated first; if any is invalid, nothing is
+    stored and :class:`~sisy.exceptions.JobSpecError` lists the problems, each
+    message starting with the specification's index (``job 3: ...``). The
+    jobs are inserted in bulk, then at most :setting:`SISY_SWEEP_MAX_WAKEUPS`
+    wake-ups are sent: each woken worker drains the channel, so one wake-up
+    per job would only cost Redis round trips. ``job_queued`` is sent for
+    every job. The other arguments are as for :func:`submit`, for all jobs.
+    """
+    _check_schedule(priority, run_after)
+    parsed: list[specs.JobSpec] = []
+    problems: list[Problem] = []
+    for index, spec in enumerate(job_specs):
+        try:
+            parsed.append(specs.parse(spec))
+        except JobSpecError as exc:
+            problems.extend(
+                Problem(p.task, p.path, f"job {index}: {p.message}") for p in exc.problems
+            )
+    ids = [job_spec.job_id for job_spec in parsed]
+    if len(set(ids)) != len(ids):
+        problems.append(Problem(None, "$.job_id", "two of the jobs have the same job_id"))
+    if problems:
+        raise JobSpecError(problems)
+    using = router.db_for_write(Job)
+    rows = [_rows(job_spec, channel, priority, run_after) for job_spec in parsed]
+    jobs = [job for job, _ in rows]
+    with transaction.atomic(using=using):
+        taken = {
+            pk
+            for start in range(0, len(ids), 1000)  # within every database's parameter limit
+            for pk in Job.objects.using(using)
+            .filter(pk__in=ids[start : start + 1000])
+            .values_list("pk", flat=True)
+        }
+        if taken:
+            raise JobSpecError(
+                [Problem(None, "$.job_id", f"a job with id {pk} already exists") for pk in taken]
+            )
+        Job.objects.using(using).bulk_create(jobs, batch_size=1000)
+        JobTask.objects.using(using).bulk_create(
+            [task for _, tasks in rows for task in tasks], batch_size=1000
+        )
+
+    def committed() -> None:
+        for job in jobs:
+            signals.send(signals.job_queued, Job, job=job)
+        if run_after is None or run_after <= timezone.now():
+            by_channel: dict[str, list[uuid.UUID]] = {}
+            for job in jobs:
+                by_channel.setdefault(job.channel, []).append(job.job_id)
+            for name, channel_ids in by_channel.items():
+                wake_soon(name, channel_ids[: sisy_settings.SWEEP_MAX_WAKEUPS])
+
+    transaction.on_commit(committed, using=using)
+    return jobs
 
 
 def _check_schedule(priority: Any, run_after: Any) -> None:
@@ -202,6 +338,51 @@ def cancel(job_id: uuid.UUID | str) -> bool:
         signals.send(signals.job_finished, Job, job=Job.objects.get(pk=job_id), status="cancelled")
     # A running job's worker notices at its next write and finishes the bookkeeping.
     return bool(queued or running)
+
+
+def wake_soon(channel: str, job_ids: Iterable[uuid.UUID | str]) -> None:
+    """Queue the wake-ups of ``job_ids`` on ``channel`` and return without waiting for Redis.
+
+    What :func:`submit` uses: the caller's time is one hand-over to sisy's
+    sender thread, whether Redis answers in a millisecond or not at all. The
+    thread sends queued wake-ups one after another; of a burst queued while it
+    was busy it sends at most :setting:`SISY_SWEEP_MAX_WAKEUPS` per channel,
+    since each woken worker drains the channel. A failed send is logged; the
+    job stays queued for a draining worker or the sweep, as with :func:`wake`.
+    """
+    from channels.layers import get_channel_layer
+
+    ids = list(job_ids)
+    if not ids:
+        return
+    try:
+        layer = get_channel_layer(sisy_settings.CHANNEL_LAYER)
+    except Exception:
+        logger.exception("sisy: the channel layer cannot be loaded; jobs stay queued")
+        return
+    if layer is None:
+        logger.warning("sisy: no channel layer is configured; %d job(s) stay queued", len(ids))
+        return
+    if not _sender.post(layer, channel, ids, MAX_PENDING_SENDS):
+        logger.warning(
+            "sisy: %d wake-ups are already waiting to be sent (Redis slow or away?); "
+            "%d more left to the sweep",
+            MAX_PENDING_SENDS,
+            len(ids),
+        )
+
+
+async def _send_logged(layer: Any, channel: str, ids: list[uuid.UUID | str]) -> int:
+    try:
+        return await asyncio.wait_for(_send_all(layer, channel, ids), SEND_TIMEOUT)
+    except Exception as exc:
+        logger.warning(
+            "sisy: could not send wake-up on %r (%s: %s); the sweep will send it again",
+            channel,
+            type(exc).__name__,
+            exc,
+        )
+        return 0
 
 
 def wake(channel: str, job_ids: Iterable[uuid.UUID | str]) -> int:

@@ -24,12 +24,12 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext, suppress
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections, transaction
+from django.db import connections, router, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -60,37 +60,105 @@ def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> J
     The next job is the one with the highest priority, then the oldest; a job
     deferred to a later time (``run_after``) is not claimable before it.
     Returns the claimed job, or ``None`` when there is nothing to claim.
+
+    On PostgreSQL and SQLite this is one statement, ``UPDATE ... RETURNING``
+    (with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers take
+    different jobs without waiting on each other); elsewhere a SELECT of
+    candidates, then a conditional UPDATE and a read.
     """
+    pk: uuid.UUID | None = None
     if job_id is not None:
         try:
-            candidates: list[Any] = [uuid.UUID(str(job_id))]
+            pk = uuid.UUID(str(job_id))
         except ValueError:
             logger.warning("sisy: ignoring a wake-up naming %r, which is not a job id", job_id)
             return None
+    now = timezone.now()
+    lease = now + timedelta(seconds=sisy_settings.JOB_LEASE)
+    if _returning_supported():
+        job = _claim_returning(pk, state, channel, now, lease)
+    else:
+        job = _claim_portable(pk, state, channel, now, lease)
+    if job is not None:
+        logger.debug("sisy: %s claimed job %s, attempt %d", state.worker_id, job.pk, job.attempts)
+    return job
+
+
+def _returning_supported() -> bool:
+    vendor = connections[router.db_for_write(Job)].vendor
+    if vendor == "postgresql":
+        return True
+    if vendor == "sqlite":
+        import sqlite3
+
+        return sqlite3.sqlite_version_info >= (3, 35)
+    return False
+
+
+def _claim_returning(
+    pk: uuid.UUID | None, state: WorkerState, channel: str, now: Any, lease: Any
+) -> Job | None:
+    connection = connections[router.db_for_write(Job)]
+    meta = Job._meta
+    column = {f.name: connection.ops.quote_name(str(f.column)) for f in meta.concrete_fields}
+    table = connection.ops.quote_name(meta.db_table)
+    when = connection.ops.adapt_datetimefield_value
+    due = f"({column['run_after']} IS NULL OR {column['run_after']} <= %s)"
+    claimable = f"{column['status']} = %s AND {column['channel']} = %s AND {due}"
+    params: list[Any] = [
+        JobStatus.IN_PROGRESS,
+        state.worker_id,
+        when(now),
+        when(lease),
+    ]
+    if pk is not None:
+        where = f"{column['job_id']} = %s AND {claimable}"
+        params += [meta.pk.get_db_prep_value(pk, connection), JobStatus.QUEUED, channel, when(now)]
+    else:
+        lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+        where = (  # identifiers come from the model, values are parameters
+            f"{column['job_id']} = (SELECT {column['job_id']} FROM {table} WHERE {claimable} "  # noqa: S608
+            f"ORDER BY {column['priority']} DESC, {column['created_at']} LIMIT 1{lock}) "
+            f"AND {column['status']} = %s"
+        )
+        params += [JobStatus.QUEUED, channel, when(now), JobStatus.QUEUED]
+    sql = (
+        f"UPDATE {table} SET {column['status']} = %s, {column['worker']} = %s, "  # noqa: S608
+        f"{column['attempts']} = {column['attempts']} + 1, {column['started_at']} = %s, "
+        f"{column['finished_at']} = NULL, {column['lease_expires_at']} = %s "
+        f"WHERE {where} RETURNING {', '.join(column.values())}"
+    )
+    rows = list(Job.objects.raw(sql, params))
+    return rows[0] if rows else None
+
+
+def _claim_portable(
+    pk: uuid.UUID | None, state: WorkerState, channel: str, now: Any, lease: Any
+) -> Job | None:
+    candidates: list[Any]
+    if pk is not None:
+        candidates = [pk]
     else:
         candidates = list(
-            Job.objects.claimable(channel)
+            Job.objects.claimable(channel, now)
             .order_by("-priority", "created_at")
             .values_list("pk", flat=True)[:5]
         )
-    for pk in candidates:
-        now = timezone.now()
+    for candidate in candidates:
         updated = (
             Job.objects.claimable(channel, now)  # a worker only takes its own channel's jobs
-            .filter(pk=pk)
+            .filter(pk=candidate)
             .update(
                 status=JobStatus.IN_PROGRESS,
                 worker=state.worker_id,
                 attempts=F("attempts") + 1,
                 started_at=now,
                 finished_at=None,
-                lease_expires_at=now + timedelta(seconds=sisy_settings.JOB_LEASE),
+                lease_expires_at=lease,
             )
         )
         if updated:
-            job = Job.objects.get(pk=pk)
-            logger.debug("sisy: %s claimed job %s, attempt %d", state.worker_id, pk, job.attempts)
-            return job
+            return Job.objects.get(pk=candidate)
     return None
 
 
@@ -152,12 +220,19 @@ def renew_lease(state: WorkerState) -> None:
     current = state.current_job()
     if current is None:
         return
-    Job.objects.filter(
+    mine = Job.objects.filter(
         pk=current.job_id,
         status=JobStatus.IN_PROGRESS,
         worker=state.worker_id,
         attempts=current.attempt,
-    ).update(lease_expires_at=timezone.now() + timedelta(seconds=sisy_settings.JOB_LEASE))
+    )
+    mine.update(lease_expires_at=timezone.now() + timedelta(seconds=sisy_settings.JOB_LEASE))
+    task = state.current_task()
+    if task is not None:  # a task running for a heartbeat is shown as running
+        task_pk, started = task
+        JobTask.objects.filter(pk=task_pk, status=JobTaskStatus.PENDING, job__in=mine).update(
+            status=JobTaskStatus.RUNNING, started_at=started
+        )
 
 
 def run_job(job: Job, state: WorkerState) -> Job:
@@ -206,88 +281,105 @@ def _run_claimed(job: Job, state: WorkerState) -> None:
             problems.extend(registry.validate(task.module, task.data, task=task.position))
     if problems:
         message = "; ".join(str(problem) for problem in problems)
-        _finish(job, JobStatus.FAILED, f"invalid job: {message}", tasks, skip_from=0)
+        with transaction.atomic():
+            _finish(job, JobStatus.FAILED, f"invalid job: {message}", tasks, skip_from=0)
+        signals.send(signals.job_finished, Job, job=job, status=job.status)
         return
-    for index, task in enumerate(tasks):
-        if task.status == JobTaskStatus.SUCCEEDED:
-            continue  # done by an earlier attempt
-        error = _run_task(job, task, state)
-        if error is RETRYING:
-            return  # queued again, deferred by the task's backoff
-        if error is not None:
-            message = f"task {task.position} ({task.module}) failed: {error}"
-            _finish(job, JobStatus.FAILED, message, tasks, skip_from=index + 1)
+    todo = [task for task in tasks if task.status != JobTaskStatus.SUCCEEDED]
+    for task in todo:  # the ones an earlier attempt completed are kept
+        outcome = _execute(job, task, state)
+        last = task is todo[-1]
+        if outcome.error is None and not last:
+            _record(job, task, outcome)
+            continue
+        if outcome.error is None:
+            # The last task and the job's outcome: one transaction, one commit.
+            with transaction.atomic():
+                _record(job, task, outcome)
+                _finish(job, JobStatus.SUCCEEDED, "", tasks, skip_from=len(tasks))
+            signals.send(signals.job_finished, Job, job=job, status=job.status)
             return
-    _finish(job, JobStatus.SUCCEEDED, "", tasks, skip_from=len(tasks))
+        retry_delay = _retry_delay(job, task, outcome.module_class, outcome.error)
+        with transaction.atomic():
+            _record(job, task, outcome, retrying=retry_delay is not None)
+            if retry_delay is not None:
+                _queue_retry(job, task, retry_delay)
+            else:
+                summary = str(outcome.error) or type(outcome.error).__name__
+                message = f"task {task.position} ({task.module}) failed: {summary}"
+                _finish(job, JobStatus.FAILED, message, tasks, skip_from=tasks.index(task) + 1)
+        signals.send(
+            signals.task_failed,
+            JobTask,
+            job=job,
+            job_task=task,
+            error=task.error,
+            retrying=retry_delay is not None,
+        )
+        if retry_delay is not None:
+            _wake_later(job.channel, job.pk, retry_delay)
+        else:
+            signals.send(signals.job_finished, Job, job=job, status=job.status)
+        return
 
 
-#: What :func:`_run_task` returns when the failed task was queued again for a retry.
-RETRYING = "retrying"
+@dataclass
+class _Outcome:
+    """What running one job task gave, before it is written down."""
 
-
-def _run_task(job: Job, task: JobTask, state: WorkerState) -> str | None:
-    """Run one job task through the module lifecycle.
-
-    Returns ``None`` on success, :data:`RETRYING` when the task failed and the
-    job was queued again for a retry, or else the error's summary.
-    """
-    started = timezone.now()
-    if not _fenced_task(job, task).update(
-        status=JobTaskStatus.RUNNING, started_at=started, progress=0.0, error=""
-    ):
-        raise LostJob(f"before task {task.position}")
-    reporter = _ProgressReporter(job, task, state)
-    module_class = registry.find(task.module)
-    module: Module | None = None
+    started: datetime
+    module_class: type[Module] | None
     result: Any = None
     error: BaseException | None = None
+    traceback: str = ""
+
+
+def _execute(job: Job, task: JobTask, state: WorkerState) -> _Outcome:
+    """Run one job task through the module lifecycle; write nothing but progress.
+
+    The task is not marked ``running`` here: its first progress report, or the
+    worker's next heartbeat, does that (see :func:`renew_lease`), so a task that
+    takes milliseconds costs no write for a state nobody could see.
+    """
+    outcome = _Outcome(started=timezone.now(), module_class=registry.find(task.module))
+    state.task_started(task.pk, outcome.started)
+    reporter = _ProgressReporter(job, task, state, outcome.started)
+    module: Module | None = None
     try:
-        if module_class is None:
+        if outcome.module_class is None:
             raise UnknownModule(f"unknown module {task.module!r}")
-        module = module_class(task.data, job=job, job_task=task, reporter=reporter)
-        limit = job.time_limit or module_class.time_limit
-        result = _json_result(_call_module(module, _Watchdog(limit, job, task, state)))
+        module = outcome.module_class(task.data, job=job, job_task=task, reporter=reporter)
+        limit = job.time_limit or outcome.module_class.time_limit
+        outcome.result = _json_result(_call_module(module, _Watchdog(limit, job, task, state)))
     except LostJob:
         raise
     except Exception as exc:
-        error = exc
-        task_error = traceback.format_exc()
+        outcome.error, outcome.traceback = exc, traceback.format_exc()
     finally:
         if module is not None:
             cleanup_error = _cleanup(module)
-            if cleanup_error and error is None:
-                error = RuntimeError("cleanup failed")
-                task_error = cleanup_error
-    retry_delay = _retry_delay(job, task, module_class, error)
-    fields: dict[str, Any] = {"finished_at": timezone.now()}
-    if error is None:
-        fields.update(status=JobTaskStatus.SUCCEEDED, result=result, progress=1.0)
-    elif retry_delay is not None:
+            if cleanup_error and outcome.error is None:
+                outcome.error, outcome.traceback = RuntimeError("cleanup failed"), cleanup_error
+    return outcome
+
+
+def _record(job: Job, task: JobTask, outcome: _Outcome, retrying: bool = False) -> None:
+    """Write a job task's outcome (fenced: ``LostJob`` if the job is no longer ours)."""
+    fields: dict[str, Any] = {"started_at": outcome.started, "finished_at": timezone.now()}
+    if outcome.error is None:
+        fields.update(status=JobTaskStatus.SUCCEEDED, result=outcome.result, progress=1.0, error="")
+    elif retrying:
         fields.update(
             status=JobTaskStatus.PENDING,
-            error=task_error,
+            error=outcome.traceback,
             retry_count=F("retry_count") + 1,
             finished_at=None,
         )
     else:
-        fields.update(status=JobTaskStatus.FAILED, error=task_error)
+        fields.update(status=JobTaskStatus.FAILED, error=outcome.traceback)
     if not _fenced_task(job, task).update(**fields):
         raise LostJob(f"after task {task.position}")
-    if error is None:
-        return None
-    task.error = task_error
-    signals.send(
-        signals.task_failed,
-        JobTask,
-        job=job,
-        job_task=task,
-        error=task_error,
-        retrying=retry_delay is not None,
-    )
-    if retry_delay is not None:
-        _queue_retry(job, task, retry_delay)
-        return RETRYING
-    return str(error) or type(error).__name__
+    task.status, task.error = fields["status"], fields.get("error", "")
 
 
 class UnknownModule(LookupError):
@@ -333,7 +425,6 @@ def _queue_retry(job: Job, task: JobTask, delay: float) -> None:
         task.retry_count + 1,
         delay,
     )
-    _wake_later(job.channel, job.pk, delay)
 
 
 def _wake_later(channel: str, job_id: uuid.UUID, delay: float) -> None:
@@ -446,23 +537,27 @@ class _Watchdog:
 def _record_abandoned(job: Job, task: JobTask, limit: float) -> None:
     """The hard time limit's outcome, written from the watchdog's thread."""
     message = f"sisy.exceptions.TimeLimitExceeded: stopped after {limit}s (the task did not return)"
-    error = TimeLimitExceeded(message)
     module_class = registry.find(task.module)
-    retry_delay = _retry_delay(job, task, module_class, error)
-    if retry_delay is not None:
-        if _fenced_task(job, task).update(
-            status=JobTaskStatus.PENDING, error=message, retry_count=F("retry_count") + 1
-        ):
-            _queue_retry(job, task, retry_delay)
-        return
-    if not _fenced_task(job, task).update(
-        status=JobTaskStatus.FAILED, error=message, finished_at=timezone.now()
-    ):
-        return
+    started = task.started_at or timezone.now()
+    outcome = _Outcome(started, module_class, error=TimeLimitExceeded(message), traceback=message)
+    retry_delay = _retry_delay(job, task, module_class, outcome.error)
     tasks = job.ordered_tasks()
-    summary = f"task {task.position} ({task.module}) failed: {message}"
-    with suppress(LostJob):  # cancelled or reassigned meanwhile: its outcome stands
-        _finish(job, JobStatus.FAILED, summary, tasks, skip_from=task.position + 1)
+    try:
+        with transaction.atomic():
+            _record(job, task, outcome, retrying=retry_delay is not None)
+            if retry_delay is not None:
+                _queue_retry(job, task, retry_delay)
+            else:
+                summary = f"task {task.position} ({task.module}) failed: {message}"
+                _finish(job, JobStatus.FAILED, summary, tasks, skip_from=task.position + 1)
+    except LostJob:
+        return  # cancelled or reassigned meanwhile: its outcome stands
+    if retry_delay is not None:
+        from sisy.dispatch import wake  # this process is about to go: wake now
+
+        wake(job.channel, [job.pk])
+    else:
+        signals.send(signals.job_finished, Job, job=job, status=job.status)
 
 
 def replace_process() -> None:
@@ -503,27 +598,28 @@ def _json_result(value: Any) -> Any:
 
 
 def _finish(job: Job, status: str, error: str, tasks: list[JobTask], skip_from: int) -> None:
+    """Record the job's outcome and skip the tasks from ``skip_from`` on (fenced).
+
+    Callers wrap it in a transaction with the task's own write and send
+    ``job_finished`` after the commit.
+    """
     now = timezone.now()
+    if not _fenced(job).update(status=status, finished_at=now, error=error, lease_expires_at=None):
+        raise LostJob("at completion")
     remaining = [t.pk for t in tasks[skip_from:] if t.status != JobTaskStatus.SUCCEEDED]
-    with transaction.atomic() if remaining else nullcontext():
-        if not _fenced(job).update(
-            status=status, finished_at=now, error=error, lease_expires_at=None
-        ):
-            raise LostJob("at completion")
-        if remaining:
-            JobTask.objects.filter(pk__in=remaining).update(
-                status=JobTaskStatus.SKIPPED, finished_at=now
-            )
+    if remaining:
+        JobTask.objects.filter(pk__in=remaining).update(
+            status=JobTaskStatus.SKIPPED, finished_at=now
+        )
     job.status, job.finished_at, job.error, job.lease_expires_at = status, now, error, None
     logger.debug("sisy: job %s %s", job.pk, status)
-    signals.send(signals.job_finished, Job, job=job, status=status)
 
 
 class _ProgressReporter:
     """Receives ``Module.progress()``: updates the heartbeat at once, the row now and then."""
 
-    def __init__(self, job: Job, task: JobTask, state: WorkerState) -> None:
-        self.job, self.task, self.state = job, task, state
+    def __init__(self, job: Job, task: JobTask, state: WorkerState, started: datetime) -> None:
+        self.job, self.task, self.state, self.started = job, task, state, started
         self._last_write = 0.0
 
     def __call__(self, fraction: float, message: str) -> None:
@@ -533,7 +629,10 @@ class _ProgressReporter:
             return
         self._last_write = now
         if not _fenced_task(self.job, self.task).update(
-            progress=fraction, progress_message=message[:200]
+            progress=fraction,
+            progress_message=message[:200],
+            status=JobTaskStatus.RUNNING,
+            started_at=self.started,
         ):
             if Job.objects.filter(pk=self.job.pk, status=JobStatus.CANCELLED).exists():
                 raise _Cancelled(f"job {self.job.pk} was cancelled")

@@ -124,11 +124,17 @@ def parse(spec: Any) -> JobSpec:
         elif len(named) > MAX_TASKS:
             problems.append(Problem(None, "$", f"a job has at most {MAX_TASKS} tasks"))
 
+    title_problem = _text_problem(title)
+    if title_problem:
+        problems.append(Problem(None, "$.job_title", title_problem))
     tasks = []
     for index, (module, data) in enumerate(named):
         if module is None:
             continue
         problems.extend(registry.validate(module, data, task=index, public_only=True))
+        unstorable = _unstorable(data, "$")
+        if unstorable is not None:
+            problems.append(Problem(index, *unstorable))
         tasks.append(TaskSpec(module, dict(data) if isinstance(data, Mapping) else {}))
 
     if problems:
@@ -145,6 +151,38 @@ def parse(spec: Any) -> JobSpec:
         retries=spec.get("retries"),
         time_limit=spec.get("time_limit"),
     )
+
+
+def _text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored in a database text column, if it cannot."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which databases cannot store in text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode"
+    return None
+
+
+def _unstorable(value: Any, path: str) -> tuple[str, str] | None:
+    """The JSON path and reason of the first string (or key) that cannot be stored, if any."""
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        return (path, problem) if problem else None
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            key = str(key)
+            child_path = f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
+            problem = _text_problem(key)
+            found = (child_path, problem) if problem else _unstorable(child, child_path)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for position, child in enumerate(value):
+            found = _unstorable(child, f"{path}[{position}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _title(spec: Mapping[str, Any], problems: list[Problem]) -> str:

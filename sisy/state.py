@@ -40,6 +40,8 @@ class WorkerState:
         self.channels = channels
         self.status = STARTUP
         self.job: CurrentJob | None = None
+        #: The running job task's primary key and start time.
+        self.task: tuple[int, datetime] | None = None
         self.progress: float | None = None
         self.progress_message = ""
         self.jobs_done = 0
@@ -75,7 +77,17 @@ class WorkerState:
         with self._lock:
             self.jobs_done += 1
             self.status, self.job, self.progress, self.progress_message = IDLE, None, None, ""
+            self.task = None
         self.changed.set()
+
+    def task_started(self, task_pk: int, started: datetime) -> None:
+        with self._lock:
+            self.task = (task_pk, started)
+            self.progress, self.progress_message = 0.0, ""
+
+    def current_task(self) -> tuple[int, datetime] | None:
+        with self._lock:
+            return self.task
 
     def set_progress(self, fraction: float, message: str) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from channels.worker import Worker
 
 from sisy import runner, state
 from sisy.conf import sisy_settings
+from sisy.dispatch import RUN_MESSAGE_TYPE
 from sisy.heartbeat import HeartbeatThread
 from sisy.models import Job
 
@@ -179,6 +180,11 @@ class SisyWorker(Worker):
     async def listener(self, channel: str) -> None:
         scope = {"type": "channel", "channel": channel}
         backoff = 0.1
+        if channel != sisy_settings.HEARTBEAT_CHANNEL:
+            # Start on the backlog at once: the wake-ups of jobs queued while no
+            # worker ran may be gone (expired, or taken by a process that died).
+            queue = self.get_or_create_application_instance(channel, scope)
+            await queue.put({"type": RUN_MESSAGE_TYPE})
         while True:
             queue = self.get_or_create_application_instance(channel, scope)
             while queue.qsize() >= self.prefetch:

@@ -64,10 +64,18 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
-    """The test Redis, flushed before and after each test."""
+    """The test Redis, flushed before and after each test.
+
+    sisy's wake-ups leave on a sender thread; they are awaited first, so none
+    sent by one test lands in the next.
+    """
+    from sisy.dispatch import flush
+
     client = redis_lib.Redis.from_url(redis_url)
+    flush()
     client.flushdb()
     yield client
+    flush()
     client.flushdb()
 
 
@@ -147,3 +155,15 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
 
     with django_db_blocker.unblock():
         Task.objects.all().delete()
+
+
+def zcard(redis: redis_lib.Redis, key: str) -> int:
+    """How many messages wait in a channel's Redis key, once sisy's sends have landed.
+
+    ``sisy.submit`` hands its wake-up to a sender thread and returns; flush
+    first so that a count means what was sent, not what was sent so far.
+    """
+    from sisy.dispatch import flush
+
+    assert flush(), "wake-ups still in flight"
+    return int(redis.zcard(key))  # type: ignore[arg-type]

@@ -250,6 +250,8 @@ def test_internal_modules_cannot_be_named(admin_client: Client) -> None:
         (b'{"job_title": 7, "record": {"label": "a"}}', "7 is not of type 'string'"),
         (b'{"tasks": []}', "should be non-empty"),
         (b'{"job_id": "nope", "record": {"label": "a"}}', "is not a UUID"),
+        (b'{"record": {"label": "a\\u0000b"}}', "NUL character"),
+        (b'{"job_title": "\\ud800", "record": {"label": "a"}}', "unpaired surrogate"),
     ],
 )
 def test_malformed_bodies_get_400(admin_client: Client, body: bytes, fragment: str) -> None:
@@ -447,7 +449,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-labels = st.text(max_size=12) | json_values
+labels = st.text(max_size=12) | json_values | st.sampled_from(["\x00", "a\ud800", "\udfff"])
 task_items = st.one_of(
     st.fixed_dictionaries({"record": st.fixed_dictionaries({"label": labels})}),
     st.fixed_dictionaries(

@@ -28,7 +28,7 @@ from sisy import clock, dispatch, runner
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
 from sisy.sisy_modules import DJANGO_TASK_MODULE
 from sisy.state import WorkerState
-from tests.conftest import Workers, wait_for
+from tests.conftest import Workers, wait_for, zcard
 from tests.testapp.sisy_modules import recorded
 
 DJANGO_6 = django.VERSION >= (6, 0)
@@ -213,7 +213,7 @@ class TestEnqueue:
             "backend": "default",
             "queue_name": "default",
         }
-        assert redis.zcard(WAKEUPS) == 1
+        assert zcard(redis, WAKEUPS) == 1
         assert seen == [(result.id, TaskResultStatus.READY, ChannelsBackend)]
 
     def test_queue_priority_and_run_after_reach_the_job(self, redis: Any) -> None:
@@ -221,13 +221,13 @@ class TestEnqueue:
         result = tasks.send_email.using(priority=7, run_after=when).enqueue("ada@example.com")
         job = Job.objects.get(pk=result.id)
         assert (job.channel, job.priority, job.run_after) == ("sisy.emails", 7, when)
-        assert redis.zcard("asgisisy.emails") == 0  # not due: the clock wakes it later
+        assert zcard(redis, "asgisisy.emails") == 0  # not due: the clock wakes it later
 
     def test_a_wakeup_waits_for_the_transaction(self, redis: Any) -> None:
         with transaction.atomic():
             result = tasks.add.enqueue(1, 1)
-            assert redis.zcard(WAKEUPS) == 0
-        assert redis.zcard(WAKEUPS) == 1
+            assert zcard(redis, WAKEUPS) == 0
+        assert zcard(redis, WAKEUPS) == 1
         assert Job.objects.filter(pk=result.id).exists()
 
     @pytest.mark.parametrize(
@@ -474,9 +474,9 @@ class TestPriorityAndRunAfter:
         later = dispatch.submit(
             {"record": {"label": "later"}}, run_after=timezone.now() + timedelta(minutes=5)
         )
-        assert redis.zcard(WAKEUPS) == 0
+        assert zcard(redis, WAKEUPS) == 0
         due = dispatch.submit({"record": {"label": "due"}}, priority=3, run_after=timezone.now())
-        assert redis.zcard(WAKEUPS) == 1
+        assert zcard(redis, WAKEUPS) == 1
         assert Job.objects.get(pk=due.pk).priority == 3
         assert Job.objects.get(pk=later.pk).run_after > Job.objects.get(pk=due.pk).run_after
 
@@ -496,13 +496,13 @@ class TestPriorityAndRunAfter:
     def test_the_clock_wakes_a_deferred_job_once_it_is_due(self, redis: Any) -> None:
         when = timezone.now() + timedelta(minutes=10)
         job = sisy.submit({"record": {"label": "later"}}, run_after=when)
-        assert redis.zcard(WAKEUPS) == 0
+        assert zcard(redis, WAKEUPS) == 0
         before = clock.tick(when - timedelta(seconds=1))
         assert (before.deferred, before.woken) == (0, 0)
-        assert redis.zcard(WAKEUPS) == 0
+        assert zcard(redis, WAKEUPS) == 0
         after = clock.tick(when + timedelta(seconds=1))
         assert (after.deferred, after.woken) == (1, 1)
-        assert redis.zcard(WAKEUPS) == 1
+        assert zcard(redis, WAKEUPS) == 1
         assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED  # a worker claims it
 
     def test_deferred_wakeups_are_bounded_per_channel_highest_priority_first(
@@ -520,7 +520,7 @@ class TestPriorityAndRunAfter:
         assert len(woken) == 2
         for job, expected in zip(jobs, [0, 0, 1, 1], strict=True):
             assert sum(str(job.pk).encode() in message for message in woken) == expected
-        assert redis.zcard("asgisisy.emails") == 1
+        assert zcard(redis, "asgisisy.emails") == 1
 
     def test_a_deferred_job_is_neither_claimable_nor_stale_before_it_is_due(self) -> None:
         now = timezone.now()

@@ -216,16 +216,36 @@ def test_lease_renewal_is_fenced(state: WorkerState) -> None:
     assert Job.objects.get(pk=job.pk).lease_expires_at == claimed.started_at
 
 
-def test_statements_per_one_task_job(state: WorkerState) -> None:
-    """The baseline the performance work improves on (printed with -s)."""
+@pytest.mark.parametrize("named", [True, False], ids=["woken-for-it", "drained"])
+def test_statements_per_one_task_job(state: WorkerState, named: bool) -> None:
+    """The hot path's cost, deterministic so it may be asserted (printed with -s)."""
     job = sisy.submit({"record": {"label": "a"}})
     with CaptureQueriesContext(connection) as queries:
-        runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
-    statements = [q["sql"] for q in queries if not q["sql"].startswith(("BEGIN", "COMMIT"))]
+        runner.run_job(runner.claim(job.job_id if named else None, state, CHANNEL), state)
+    statements = [q["sql"] for q in queries if not q["sql"].upper().startswith(("BEGIN", "COMMIT"))]
     print(f"\nstatements per one-task job, claim to completion: {len(statements)}")
     assert Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
-    # claim, read job, read tasks, task running, task done, job done
-    assert len(statements) == 6, statements
+    # claim (UPDATE ... RETURNING the job), read its tasks, then in one
+    # transaction: task done, job done
+    assert len(statements) == 4, statements
+
+
+def test_a_task_shows_running_once_it_reports_progress_or_a_heartbeat_passes(
+    state: WorkerState,
+) -> None:
+    job = sisy.submit({"tasks": [{"record": {"label": "a"}}, {"slow": {"seconds": 0.01}}]})
+    claimed = runner.claim(job.job_id, state, CHANNEL)
+    state.job_started(str(claimed.pk), claimed.job_title, claimed.attempts)
+    task = claimed.ordered_tasks()[0]
+    started = claimed.started_at
+    state.task_started(task.pk, started)
+    runner.renew_lease(state)  # what the heartbeat thread does each beat
+    task.refresh_from_db()
+    assert (task.status, task.started_at) == (JobTaskStatus.RUNNING, started)
+    reporter = runner._ProgressReporter(claimed, claimed.ordered_tasks()[1], state, started)
+    reporter(0.5, "half")
+    second = claimed.ordered_tasks()[1]
+    assert (second.status, second.progress, second.progress_message) == ("running", 0.5, "half")
 
 
 @pytest.mark.skipif(

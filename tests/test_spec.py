@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,26 @@ def test_every_problem_carries_the_invalid_job_code() -> None:
     with pytest.raises(ValidationError) as info:
         parse({"tasks": [{"record": {"label": 3}}, {"nope": {}}]})
     assert [error.code for error in info.value.error_list] == ["invalid_job", "invalid_job"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "task", "path", "fragment"),
+    [
+        ({"job_title": "a\x00", "record": {"label": "x"}}, None, "$.job_title", "NUL"),
+        ({"tasks": [{"record": {"label": "x\x00"}}]}, 0, "$.label", "NUL"),
+        (
+            {"tasks": [{"record": {"label": "x", "deep": {"a b": ["\ud800"]}}}]},
+            0,
+            "$.deep['a b'][0]",
+            "surrogate",
+        ),
+        ({"tasks": [{"record": {"label": "x", "k\x00": 1}}]}, 0, "$['k\\x00']", "NUL"),
+    ],
+)
+def test_text_a_database_cannot_store_is_refused_with_its_path(
+    spec: dict[str, Any], task: int | None, path: str, fragment: str
+) -> None:
+    with pytest.raises(JobSpecError) as caught:
+        parse(spec)
+    found = [p for p in caught.value.problems if fragment in p.message]
+    assert [(p.task, p.path) for p in found] == [(task, path)]
