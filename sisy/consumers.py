@@ -21,6 +21,11 @@ logger = logging.getLogger("sisy.consumers")
 
 
 class _TolerantConsumer(SyncConsumer):
+    # The worker hands these consumers their messages. Without an alias
+    # Channels would also make each instance listen on a private channel of
+    # its own in Redis, and a Redis restart would kill the instance.
+    channel_layer_alias = None
+
     async def dispatch(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             logger.warning("sisy: dropping a message without a type on %s", self._channel())
@@ -58,6 +63,8 @@ class HeartbeatConsumer(AsyncConsumer):
     there would wait behind a long job and arrive stale. Ticks run on a thread
     of their own instead, beside the job.
     """
+
+    channel_layer_alias = None  # see _TolerantConsumer
 
     async def dispatch(self, message: Any) -> None:
         if isinstance(message, dict) and message.get("type") == clock.TICK_MESSAGE_TYPE:

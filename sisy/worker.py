@@ -186,9 +186,10 @@ class SisyWorker(Worker):
             queue = self.get_or_create_application_instance(channel, scope)
             await queue.put({"type": RUN_MESSAGE_TYPE})
         while True:
-            queue = self.get_or_create_application_instance(channel, scope)
-            while queue.qsize() >= self.prefetch:
-                # Leave wake-ups in Redis for other workers while this one is busy.
+            # Leave wake-ups in Redis for other workers while this one is busy.
+            # The queue is looked up on every pass: should the consumer instance
+            # die, Channels replaces it and the old queue would never drain.
+            while self.get_or_create_application_instance(channel, scope).qsize() >= self.prefetch:
                 await asyncio.sleep(0.01)
             try:
                 message = await self.channel_layer.receive(channel)

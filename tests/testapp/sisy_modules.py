@@ -129,6 +129,9 @@ def chaos_counter() -> redis.Redis | None:
 class Chaos(Module):
     """Counts its starts and its completed runs per job id, independently of sisy's rows.
 
+    Each start is also logged with the worker's pid and the time, so a test can
+    tell how long after a worker was killed its job started again.
+
     ``seconds``: how long run() takes; ``progress``: report progress while it
     waits (a fenced write each half second); ``fail``: raise instead of completing.
     """
@@ -148,7 +151,10 @@ class Chaos(Module):
         counter = chaos_counter()
         job_id = str(self.job.job_id)
         if counter is not None:
-            counter.hincrby("chaos:starts", job_id, 1)
+            pipe = counter.pipeline()
+            pipe.hincrby("chaos:starts", job_id, 1)
+            pipe.rpush("chaos:start_log", f"{job_id} {os.getpid()} {time.time():.3f}")
+            pipe.execute()
         seconds = float(self.data.get("seconds", 0))
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
