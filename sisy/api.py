@@ -336,9 +336,7 @@ def list_jobs(request: HttpRequest) -> HttpResponse:
             raise ApiError(400, f"unknown status: {message}", [_detail("status", message)])
     if statuses:
         queryset = queryset.filter(status__in=statuses)
-    page_size = _int_param(
-        request, "page_size", sisy_settings.API_PAGE_SIZE, 1, max(MAX_PAGE_SIZE, 1)
-    )
+    page_size = _int_param(request, "page_size", sisy_settings.API_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     count = queryset.count()
     last_page = max(1, math.ceil(count / page_size))
     page = _int_param(request, "page", 1, 1, last_page)

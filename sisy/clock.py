@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Case, DateTimeField, F, Value, When
+from django.db.models import Case, DateTimeField, F, QuerySet, Value, When
 from django.utils import timezone
 
 from sisy import dispatch, scheduling, signals
@@ -224,18 +224,8 @@ def redispatch_stale(now: datetime) -> int:
 
     A woken worker drains its channel, so a few wake-ups restart the whole backlog.
     """
-    limit = sisy_settings.SWEEP_MAX_WAKEUPS
     stale = Job.objects.stale(now, sisy_settings.REDISPATCH_AFTER)
-    channels = stale.order_by().values_list("channel", flat=True).distinct()
-    sent = 0
-    for channel in channels:
-        ids = list(
-            stale.filter(channel=channel)
-            .order_by("-priority", "created_at")
-            .values_list("pk", flat=True)[:limit]
-        )
-        sent += dispatch.wake(channel, ids)
-    return sent
+    return _wake_per_channel(stale, "created_at")
 
 
 def wake_deferred(now: datetime) -> int:
@@ -245,14 +235,18 @@ def wake_deferred(now: datetime) -> int:
     (and, while they stay queued, a repeated one, like a stale job's).
     Highest priority first, then the earliest due.
     """
+    return _wake_per_channel(Job.objects.deferred_due(now), "run_after")
+
+
+def _wake_per_channel(jobs: QuerySet[Job], oldest_first: str) -> int:
+    """Send at most SISY_SWEEP_MAX_WAKEUPS wake-ups per channel for ``jobs``."""
     limit = sisy_settings.SWEEP_MAX_WAKEUPS
-    due = Job.objects.deferred_due(now)
-    channels = due.order_by().values_list("channel", flat=True).distinct()
+    channels = jobs.order_by().values_list("channel", flat=True).distinct()
     sent = 0
     for channel in channels:
         ids = list(
-            due.filter(channel=channel)
-            .order_by("-priority", "run_after")
+            jobs.filter(channel=channel)
+            .order_by("-priority", oldest_first)
             .values_list("pk", flat=True)[:limit]
         )
         sent += dispatch.wake(channel, ids)

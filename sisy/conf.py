@@ -23,6 +23,7 @@ MAX_ATTEMPTS = 3
 REDISPATCH_AFTER = 10.0
 SWEEP_MAX_WAKEUPS = 10
 WORKER_PREFETCH = 10
+WORKER_CLAIM_BATCH = 10
 WORKER_SHUTDOWN_GRACE: float | None = 25.0
 TIME_LIMIT_GRACE = 5.0
 MODULES: tuple[str, ...] = ()
@@ -150,6 +151,12 @@ class Settings:
     def WORKER_PREFETCH(self) -> int:
         return _positive_int(
             "SISY_WORKER_PREFETCH", self._get("SISY_WORKER_PREFETCH", WORKER_PREFETCH)
+        )
+
+    @property
+    def WORKER_CLAIM_BATCH(self) -> int:
+        return _positive_int(
+            "SISY_WORKER_CLAIM_BATCH", self._get("SISY_WORKER_CLAIM_BATCH", WORKER_CLAIM_BATCH)
         )
 
     @property

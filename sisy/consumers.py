@@ -38,7 +38,12 @@ class _TolerantConsumer(SyncConsumer):
                 self._channel(),
             )
             return
-        await super().dispatch(message)
+        # Not SyncConsumer.dispatch: Channels closes the thread's database
+        # connections around each message there, and with CONN_MAX_AGE = 0 a
+        # worker would connect again for every wake-up (about 10 ms on
+        # PostgreSQL). The runner keeps healthy connections and replaces
+        # broken or old ones itself (sisy.runner.refresh_connections).
+        await sync_to_async(getattr(self, handler_name), thread_sensitive=True)(message)
 
     def _channel(self) -> str:
         return str(self.scope.get("channel", "?"))

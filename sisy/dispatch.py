@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
-from sisy import signals
+from sisy import signals, sql
 from sisy import spec as specs
 from sisy.conf import sisy_settings
 from sisy.exceptions import JobSpecError
@@ -181,8 +181,8 @@ def store(
     using = router.db_for_write(Job)
     try:
         with transaction.atomic(using=using):
-            job.save(force_insert=True, using=using)
-            JobTask.objects.using(using).bulk_create(tasks)
+            sql.insert(Job, [job], using)
+            sql.insert(JobTask, tasks, using)
     except IntegrityError as exc:
         if Job.objects.using(using).filter(pk=job.job_id).exists():
             raise JobSpecError(
@@ -268,10 +268,8 @@ def submit_many(
             raise JobSpecError(
                 [Problem(None, "$.job_id", f"a job with id {pk} already exists") for pk in taken]
             )
-        Job.objects.using(using).bulk_create(jobs, batch_size=1000)
-        JobTask.objects.using(using).bulk_create(
-            [task for _, tasks in rows for task in tasks], batch_size=1000
-        )
+        sql.insert(Job, jobs, using)
+        sql.insert(JobTask, [task for _, tasks in rows for task in tasks], using)
 
     def committed() -> None:
         for job in jobs:

@@ -323,6 +323,7 @@ class Job(models.Model):
         blank=True,
         related_name="jobs",
         verbose_name=_("scheduled task"),
+        db_index=False,  # sisy_job_one_per_run starts with it
     )
     scheduled_for = models.DateTimeField(_("scheduled for"), null=True, blank=True)
     priority = models.SmallIntegerField(
@@ -361,7 +362,12 @@ class Job(models.Model):
                 condition=Q(status__in=JobStatus.values), name="sisy_job_status_valid"
             ),
             # Each scheduled run of a Task becomes one Job, however many clocks tick.
-            models.UniqueConstraint(fields=["task", "scheduled_for"], name="sisy_job_one_per_run"),
+            # Partial, so that a job submitted by hand costs no write to it.
+            models.UniqueConstraint(
+                fields=["task", "scheduled_for"],
+                condition=Q(task__isnull=False),
+                name="sisy_job_one_per_run",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -387,7 +393,12 @@ class JobTask(models.Model):
     """One step of a job: a module and its data, run in ``position`` order."""
 
     id = models.BigAutoField(primary_key=True)
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="job_tasks")
+    job = models.ForeignKey(
+        Job,
+        on_delete=models.CASCADE,
+        related_name="job_tasks",
+        db_index=False,  # sisy_jobtask_position_uniq starts with it
+    )
     position = models.PositiveIntegerField(_("position"))
     module = models.CharField(_("module"), max_length=100)
     data = models.JSONField(_("data"), default=dict, encoder=DjangoJSONEncoder)

@@ -33,7 +33,7 @@ from django.db import connections, router, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from sisy import signals
+from sisy import signals, sql
 from sisy.conf import sisy_settings
 from sisy.exceptions import JobCancelled, JobSpecError, TimeLimitExceeded
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
@@ -73,15 +73,40 @@ def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> J
         except ValueError:
             logger.warning("sisy: ignoring a wake-up naming %r, which is not a job id", job_id)
             return None
+    jobs = _claim(pk, state, channel, 1)
+    return jobs[0] if jobs else None
+
+
+def claim_batch(state: WorkerState, channel: str, limit: int) -> list[Job]:
+    """Start up to ``limit`` queued jobs of ``channel`` at once, in the order to run them.
+
+    Each is claimed exactly as by :func:`claim` (same statement, same fencing:
+    status, worker, attempt and lease are set on every row); their tasks are
+    read with one more query. The caller runs them one after another, and
+    gives back (:func:`give_back`) those it will not start.
+    """
+    jobs = _claim(None, state, channel, limit)
+    if len(jobs) > 1:
+        jobs.sort(key=lambda job: (-job.priority, job.created_at))
+    if jobs:
+        by_job: dict[Any, list[JobTask]] = {job.pk: [] for job in jobs}
+        for task in JobTask.objects.filter(job_id__in=list(by_job)).order_by("job_id", "position"):
+            by_job[task.job_id].append(task)
+        for job in jobs:
+            job._sisy_tasks = by_job[job.pk]  # type: ignore[attr-defined]
+    return jobs
+
+
+def _claim(pk: uuid.UUID | None, state: WorkerState, channel: str, limit: int) -> list[Job]:
     now = timezone.now()
     lease = now + timedelta(seconds=sisy_settings.JOB_LEASE)
     if _returning_supported():
-        job = _claim_returning(pk, state, channel, now, lease)
+        jobs = _claim_returning(pk, state, channel, now, lease, limit)
     else:
-        job = _claim_portable(pk, state, channel, now, lease)
-    if job is not None:
+        jobs = _claim_portable(pk, state, channel, now, lease, limit)
+    for job in jobs:
         logger.debug("sisy: %s claimed job %s, attempt %d", state.worker_id, job.pk, job.attempts)
-    return job
+    return jobs
 
 
 def _returning_supported() -> bool:
@@ -95,46 +120,55 @@ def _returning_supported() -> bool:
     return False
 
 
+_claim_sql: dict[tuple[str, bool], str] = {}
+
+
 def _claim_returning(
-    pk: uuid.UUID | None, state: WorkerState, channel: str, now: Any, lease: Any
-) -> Job | None:
+    pk: uuid.UUID | None, state: WorkerState, channel: str, now: Any, lease: Any, limit: int
+) -> list[Job]:
     connection = connections[router.db_for_write(Job)]
+    when = connection.ops.adapt_datetimefield_value
+    claimed: list[Any] = [JobStatus.IN_PROGRESS, state.worker_id, when(now), when(lease)]
+    if pk is not None:
+        pk_value = Job._meta.pk.get_db_prep_value(pk, connection)
+        params = [*claimed, pk_value, JobStatus.QUEUED, channel, when(now)]
+    else:
+        params = [JobStatus.QUEUED, channel, when(now), limit, *claimed, JobStatus.QUEUED]
+    key = (connection.alias, pk is not None)
+    sql = _claim_sql.get(key)
+    if sql is None:
+        sql = _claim_sql[key] = _claim_statement(connection, by_pk=pk is not None)
+    return list(Job.objects.raw(sql, params))
+
+
+def _claim_statement(connection: Any, by_pk: bool) -> str:
     meta = Job._meta
     column = {f.name: connection.ops.quote_name(str(f.column)) for f in meta.concrete_fields}
     table = connection.ops.quote_name(meta.db_table)
-    when = connection.ops.adapt_datetimefield_value
     due = f"({column['run_after']} IS NULL OR {column['run_after']} <= %s)"
     claimable = f"{column['status']} = %s AND {column['channel']} = %s AND {due}"
-    params: list[Any] = [
-        JobStatus.IN_PROGRESS,
-        state.worker_id,
-        when(now),
-        when(lease),
-    ]
-    if pk is not None:
-        where = f"{column['job_id']} = %s AND {claimable}"
-        params += [meta.pk.get_db_prep_value(pk, connection), JobStatus.QUEUED, channel, when(now)]
-    else:
-        lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
-        where = (  # identifiers come from the model, values are parameters
-            f"{column['job_id']} = (SELECT {column['job_id']} FROM {table} WHERE {claimable} "  # noqa: S608
-            f"ORDER BY {column['priority']} DESC, {column['created_at']} LIMIT 1{lock}) "
-            f"AND {column['status']} = %s"
-        )
-        params += [JobStatus.QUEUED, channel, when(now), JobStatus.QUEUED]
-    sql = (
+    update = (
         f"UPDATE {table} SET {column['status']} = %s, {column['worker']} = %s, "  # noqa: S608
         f"{column['attempts']} = {column['attempts']} + 1, {column['started_at']} = %s, "
         f"{column['finished_at']} = NULL, {column['lease_expires_at']} = %s "
-        f"WHERE {where} RETURNING {', '.join(column.values())}"
     )
-    rows = list(Job.objects.raw(sql, params))
-    return rows[0] if rows else None
+    returning = f" RETURNING {', '.join(column.values())}"
+    if by_pk:
+        return f"{update}WHERE {column['job_id']} = %s AND {claimable}{returning}"
+    # The candidates are picked once, in a CTE: PostgreSQL may run a subquery
+    # in ``IN (...)`` more than once, and a LIMIT there would not hold.
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    return (  # identifiers come from the model, values are parameters
+        f"WITH picked AS (SELECT {column['job_id']} FROM {table} WHERE {claimable} "  # noqa: S608
+        f"ORDER BY {column['priority']} DESC, {column['created_at']} LIMIT %s{lock}) "
+        f"{update}WHERE {column['job_id']} IN (SELECT {column['job_id']} FROM picked) "
+        f"AND {column['status']} = %s{returning}"
+    )
 
 
 def _claim_portable(
-    pk: uuid.UUID | None, state: WorkerState, channel: str, now: Any, lease: Any
-) -> Job | None:
+    pk: uuid.UUID | None, state: WorkerState, channel: str, now: Any, lease: Any, limit: int
+) -> list[Job]:
     candidates: list[Any]
     if pk is not None:
         candidates = [pk]
@@ -142,8 +176,9 @@ def _claim_portable(
         candidates = list(
             Job.objects.claimable(channel, now)
             .order_by("-priority", "created_at")
-            .values_list("pk", flat=True)[:5]
+            .values_list("pk", flat=True)[: limit + 4]
         )
+    claimed: list[Job] = []
     for candidate in candidates:
         updated = (
             Job.objects.claimable(channel, now)  # a worker only takes its own channel's jobs
@@ -158,12 +193,35 @@ def _claim_portable(
             )
         )
         if updated:
-            return Job.objects.get(pk=candidate)
-    return None
+            claimed.append(Job.objects.get(pk=candidate))
+            if len(claimed) >= limit:
+                break
+    return claimed
+
+
+#: Seconds of work a worker claims at once while it drains a channel: it
+#: claims about this much divided by how long its recent jobs took (at most
+#: :setting:`SISY_WORKER_CLAIM_BATCH` jobs). A job it claimed that is still
+#: waiting once the job before it has run this long is given back at the
+#: next heartbeat, for an idle worker to take.
+CLAIM_WINDOW = 0.05
+
+
+def claim_size(state: WorkerState) -> int:
+    """How many jobs to claim next: about :data:`CLAIM_WINDOW` of work, capped."""
+    most = sisy_settings.WORKER_CLAIM_BATCH
+    seconds = state.job_seconds
+    if most <= 1 or seconds is None:
+        return 1
+    return max(1, min(most, int(CLAIM_WINDOW / max(seconds, 1e-4))))
 
 
 def handle_wakeup(job_id: Any, state: WorkerState, channel: str) -> int:
-    """Run the job a wake-up names, then drain the channel. Returns how many jobs ran."""
+    """Run the job a wake-up names, then drain the channel. Returns how many jobs ran.
+
+    Draining claims jobs in batches (see :func:`claim_size`) and runs them one
+    after another; a stopping worker gives back those it has not started.
+    """
     ran = 0
     state.enter()
     try:
@@ -174,20 +232,85 @@ def handle_wakeup(job_id: Any, state: WorkerState, channel: str) -> int:
         while True:
             if job is None:
                 # Stopping ends the drain here, before a claim: a job once
-                # claimed is always run, or it would sit in progress until its
-                # lease expired.
+                # claimed is always run or given back, or it would sit in
+                # progress until its lease expired.
                 if state.stopping.is_set():
                     break
+                job = _next_reserved(state)
+            if job is None:
                 refresh_connections()
-                job = claim(None, state, channel)
+                state.reserve(claim_batch(state, channel, claim_size(state)))
+                job = _next_reserved(state)
                 if job is None:
                     break
+            began = time.monotonic()
             run_job(job, state)
+            state.note_job_seconds(time.monotonic() - began)
             ran += 1
             job = None
     finally:
-        state.leave()
+        try:
+            give_back(state, state.take_reserved())
+        finally:
+            state.leave()
     return ran
+
+
+def _next_reserved(state: WorkerState) -> Job | None:
+    """The next job claimed in a batch that is still this worker's to run."""
+    while (entry := state.next_reserved()) is not None:
+        job, claimed_at = entry
+        if time.monotonic() - claimed_at < CLAIM_WINDOW * 2:
+            return job  # just claimed: the fenced writes will tell if it was taken away
+        # It waited: check it was not cancelled meanwhile, before running anything.
+        if _fenced(job).exists():
+            return job
+        if _record_cancellation(job):
+            logger.info("sisy: job %s was cancelled before it started", job.pk)
+    return None
+
+
+def give_back(state: WorkerState, jobs: list[Job]) -> int:
+    """Return claimed jobs this worker did not start to the queue; wake a worker for them.
+
+    The write is fenced like every other (a job cancelled or reassigned
+    meanwhile is left alone), and the attempt is not counted: the job never
+    started. Returns how many were given back.
+    """
+    if not jobs:
+        return 0
+    given: list[Any] = []
+    for job in jobs:
+        if sql.update(
+            Job,
+            {
+                "status": JobStatus.QUEUED,
+                "worker": "",
+                "attempts": job.attempts - 1,
+                "started_at": None,
+                "lease_expires_at": None,
+            },
+            {
+                "job_id": job.pk,
+                "status": JobStatus.IN_PROGRESS,
+                "worker": job.worker,
+                "attempts": job.attempts,
+            },
+        ):
+            given.append(job.pk)
+    if given:
+        logger.info("sisy: worker %s gave back %d claimed job(s)", state.worker_id, len(given))
+        from sisy.dispatch import wake_soon
+
+        wake_soon(jobs[0].channel, given[: sisy_settings.SWEEP_MAX_WAKEUPS])
+    return len(given)
+
+
+#: A connection unused for this long is checked (``SELECT 1`` on PostgreSQL)
+#: before the next claim: the server may have dropped it meanwhile.
+IDLE_CONNECTION_CHECK = 5.0
+
+_last_use = threading.local()
 
 
 def refresh_connections() -> None:
@@ -196,13 +319,31 @@ def refresh_connections() -> None:
 
     Like Django's ``close_old_connections()`` between requests, except that a
     worker keeps a healthy connection when ``CONN_MAX_AGE`` is 0: a worker is
-    one long-running client, and reconnecting per job would cost more than the job.
+    one long-running client, and reconnecting per job would cost more than the
+    job. A connection left idle for :data:`IDLE_CONNECTION_CHECK` seconds is
+    checked first, so that a database restarted while the worker idled costs
+    no failed claim.
     """
+    now = time.monotonic()
+    idle = now - getattr(_last_use, "at", now) > IDLE_CONNECTION_CHECK
+    _last_use.at = now
     for connection in connections.all(initialized_only=True):
         if connection.connection is None:
             continue
         if connection.errors_occurred or connection.settings_dict.get("CONN_MAX_AGE") != 0:
             connection.close_if_unusable_or_obsolete()
+        elif idle and not connection.is_usable():
+            connection.close()
+
+
+def _fence(job: Job) -> dict[str, Any]:
+    """The conditions of every write a worker makes to its job's row."""
+    return {
+        "job_id": job.pk,
+        "status": JobStatus.IN_PROGRESS,
+        "worker": job.worker,
+        "attempts": job.attempts,
+    }
 
 
 def _fenced(job: Job) -> QuerySet[Job]:
@@ -216,8 +357,26 @@ def _fenced_task(job: Job, task: JobTask) -> QuerySet[JobTask]:
 
 
 def renew_lease(state: WorkerState) -> None:
-    """Extend the lease of the job ``state`` is running (called by the heartbeat thread)."""
+    """Extend the leases of the jobs ``state`` holds (called by the heartbeat thread).
+
+    Claimed jobs waiting behind a job that has run for more than
+    :data:`CLAIM_WINDOW` are given back instead, for idle workers.
+    """
     current = state.current_job()
+    lease = timezone.now() + timedelta(seconds=sisy_settings.JOB_LEASE)
+    if state.reserved_ids():
+        if current is not None and time.monotonic() - state.job_began > CLAIM_WINDOW:
+            give_back(state, state.take_reserved())
+        else:
+            sql.update(
+                Job,
+                {"lease_expires_at": lease},
+                {
+                    "job_id": state.reserved_ids(),
+                    "status": JobStatus.IN_PROGRESS,
+                    "worker": state.worker_id,
+                },
+            )
     if current is None:
         return
     mine = Job.objects.filter(
@@ -226,7 +385,7 @@ def renew_lease(state: WorkerState) -> None:
         worker=state.worker_id,
         attempts=current.attempt,
     )
-    mine.update(lease_expires_at=timezone.now() + timedelta(seconds=sisy_settings.JOB_LEASE))
+    mine.update(lease_expires_at=lease)
     task = state.current_task()
     if task is not None:  # a task running for a heartbeat is shown as running
         task_pk, started = task
@@ -274,7 +433,7 @@ def _record_cancellation(job: Job) -> bool:
 
 
 def _run_claimed(job: Job, state: WorkerState) -> None:
-    tasks = job.ordered_tasks()
+    tasks = getattr(job, "_sisy_tasks", None) or job.ordered_tasks()
     problems = []
     for task in tasks:
         if task.status != JobTaskStatus.SUCCEEDED:
@@ -294,9 +453,11 @@ def _run_claimed(job: Job, state: WorkerState) -> None:
             continue
         if outcome.error is None:
             # The last task and the job's outcome: one transaction, one commit.
+            # The job's row first: once that fenced write succeeded, the row is
+            # this worker's until the commit, and the task's needs no fence.
             with transaction.atomic():
-                _record(job, task, outcome)
                 _finish(job, JobStatus.SUCCEEDED, "", tasks, skip_from=len(tasks))
+                _record(job, task, outcome, fenced=False)
             signals.send(signals.job_finished, Job, job=job, status=job.status)
             return
         retry_delay = _retry_delay(job, task, outcome.module_class, outcome.error)
@@ -363,8 +524,14 @@ def _execute(job: Job, task: JobTask, state: WorkerState) -> _Outcome:
     return outcome
 
 
-def _record(job: Job, task: JobTask, outcome: _Outcome, retrying: bool = False) -> None:
-    """Write a job task's outcome (fenced: ``LostJob`` if the job is no longer ours)."""
+def _record(
+    job: Job, task: JobTask, outcome: _Outcome, retrying: bool = False, fenced: bool = True
+) -> None:
+    """Write a job task's outcome (fenced: ``LostJob`` if the job is no longer ours).
+
+    ``fenced=False`` when the caller's transaction already holds the job's row
+    through a fenced write.
+    """
     fields: dict[str, Any] = {"started_at": outcome.started, "finished_at": timezone.now()}
     if outcome.error is None:
         fields.update(status=JobTaskStatus.SUCCEEDED, result=outcome.result, progress=1.0, error="")
@@ -377,7 +544,9 @@ def _record(job: Job, task: JobTask, outcome: _Outcome, retrying: bool = False) 
         )
     else:
         fields.update(status=JobTaskStatus.FAILED, error=outcome.traceback)
-    if not _fenced_task(job, task).update(**fields):
+    if not fenced:
+        sql.update(JobTask, fields, {"id": task.pk})
+    elif not _fenced_task(job, task).update(**fields):
         raise LostJob(f"after task {task.position}")
     task.status, task.error = fields["status"], fields.get("error", "")
 
@@ -490,12 +659,15 @@ class _Watchdog:
         with self._lock:
             self._armed = False
             fired = self._fired
+            if fired:
+                # Withdraw the asynchronous exception if it is still pending, so
+                # that it cannot surface later in sisy's own code; it is raised
+                # here instead (also when run() caught and swallowed it).
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
         for timer in self._timers:
             timer.cancel()
-        if fired:
-            # Give a pending asynchronous exception its chance to be raised here.
-            for _ in range(1000):
-                pass
+        if fired and not isinstance(sys.exc_info()[1], TimeLimitExceeded):
+            raise TimeLimitExceeded(f"stopped after its {self.limit}s time limit")
 
     def _soft(self) -> None:
         with self._lock:
@@ -604,7 +776,8 @@ def _finish(job: Job, status: str, error: str, tasks: list[JobTask], skip_from: 
     ``job_finished`` after the commit.
     """
     now = timezone.now()
-    if not _fenced(job).update(status=status, finished_at=now, error=error, lease_expires_at=None):
+    finished = {"status": status, "finished_at": now, "error": error, "lease_expires_at": None}
+    if not sql.update(Job, finished, _fence(job)):
         raise LostJob("at completion")
     remaining = [t.pk for t in tasks[skip_from:] if t.status != JobTaskStatus.SUCCEEDED]
     if remaining:

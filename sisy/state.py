@@ -6,6 +6,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,8 @@ class WorkerState:
         self.channels = channels
         self.status = STARTUP
         self.job: CurrentJob | None = None
+        #: When the current job started (``time.monotonic()``).
+        self.job_began = 0.0
         #: The running job task's primary key and start time.
         self.task: tuple[int, datetime] | None = None
         self.progress: float | None = None
@@ -49,6 +52,11 @@ class WorkerState:
         self.active = 0
         #: Set when the process is asked to stop: no new job is claimed.
         self.stopping = threading.Event()
+        #: Jobs claimed in a batch and not started yet, oldest claim first,
+        #: with the monotonic time of their claim (see sisy.runner.claim_batch).
+        self.reserved: list[tuple[Any, float]] = []
+        #: Moving average of how long a job took here (seconds), for sizing claims.
+        self.job_seconds: float | None = None
         #: Set on every status change, so the heartbeat is published at once.
         self.changed = threading.Event()
         self._lock = threading.Lock()
@@ -70,6 +78,7 @@ class WorkerState:
         with self._lock:
             self.status = IN_PROGRESS
             self.job = CurrentJob(job_id, job_title, attempt)
+            self.job_began = time.monotonic()
             self.progress, self.progress_message = 0.0, ""
         self.changed.set()
 
@@ -79,6 +88,31 @@ class WorkerState:
             self.status, self.job, self.progress, self.progress_message = IDLE, None, None, ""
             self.task = None
         self.changed.set()
+
+    def reserve(self, jobs: list[Any]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.reserved.extend((job, now) for job in jobs)
+
+    def next_reserved(self) -> tuple[Any, float] | None:
+        """The next claimed job to run and its claim time; ``None`` if none is left."""
+        with self._lock:
+            return self.reserved.pop(0) if self.reserved else None
+
+    def take_reserved(self) -> list[Any]:
+        """Every claimed job not started yet, which the caller now gives back."""
+        with self._lock:
+            jobs, self.reserved = [job for job, _ in self.reserved], []
+            return jobs
+
+    def reserved_ids(self) -> list[Any]:
+        with self._lock:
+            return [job.pk for job, _ in self.reserved]
+
+    def note_job_seconds(self, seconds: float) -> None:
+        with self._lock:
+            previous = self.job_seconds
+            self.job_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     def task_started(self, task_pk: int, started: datetime) -> None:
         with self._lock:
@@ -110,6 +144,8 @@ class WorkerState:
                 "channels": list(self.channels),
                 "jobs_done": self.jobs_done,
             }
+            if self.reserved:
+                payload["reserved"] = len(self.reserved)
             if self.job is not None:
                 payload["job_id"] = self.job.job_id
                 payload["job_title"] = self.job.job_title

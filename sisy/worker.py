@@ -160,6 +160,7 @@ class SisyWorker(Worker):
         close_old_connections()
         job_id = None
         try:
+            runner.give_back(self.state, self.state.take_reserved())
             job_id = runner.release(self.state)
             if job_id is not None:
                 channel = Job.objects.filter(pk=job_id).values_list("channel", flat=True).first()

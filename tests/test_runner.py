@@ -6,15 +6,17 @@ import logging
 import sys
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 import sisy
-from sisy import runner
+from sisy import runner, signals
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
 from sisy.modules import Module, registry
 from sisy.state import WorkerState
@@ -271,6 +273,25 @@ def test_a_connection_the_server_dropped_is_replaced_before_the_next_claim(
     assert connection.connection.info.backend_pid != pid
 
 
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite has no server whose restart drops connections"
+)
+def test_a_connection_dropped_while_the_worker_idled_costs_no_failed_claim(
+    state: WorkerState,
+) -> None:
+    import psycopg
+
+    job = sisy.submit({"job_title": "after an idle restart", "record": {"label": "x"}})
+    runner.refresh_connections()
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    runner._last_use.at -= runner.IDLE_CONNECTION_CHECK + 1  # the worker idled meanwhile
+    assert runner.handle_wakeup(str(job.job_id), state, CHANNEL) == 1
+    assert connection.connection.info.backend_pid != pid
+
+
 def test_a_healthy_connection_is_kept_between_jobs(state: WorkerState) -> None:
     first = sisy.submit({"job_title": "one", "record": {"label": "1"}})
     runner.handle_wakeup(str(first.job_id), state, CHANNEL)
@@ -278,3 +299,138 @@ def test_a_healthy_connection_is_kept_between_jobs(state: WorkerState) -> None:
     second = sisy.submit({"job_title": "two", "record": {"label": "2"}})
     runner.handle_wakeup(str(second.job_id), state, CHANNEL)
     assert connection.connection is raw
+
+
+# --- Batched claims -----------------------------------------------------------------
+
+
+def test_a_batch_claim_takes_jobs_in_priority_then_age_order_with_their_tasks(
+    state: WorkerState,
+) -> None:
+    low = sisy.submit({"record": {"label": "low"}}, priority=-1)
+    first = sisy.submit({"record": {"label": "first"}})
+    second = sisy.submit({"tasks": [{"record": {"label": "a"}}, {"record": {"label": "b"}}]})
+    urgent = sisy.submit({"record": {"label": "urgent"}}, priority=5)
+    with CaptureQueriesContext(connection) as queries:
+        jobs = runner.claim_batch(state, CHANNEL, 3)
+    assert [job.pk for job in jobs] == [urgent.pk, first.pk, second.pk]
+    assert len(queries) == 2  # the claim, then every claimed job's tasks
+    assert [t.position for t in jobs[2]._sisy_tasks] == [0, 1]  # type: ignore[attr-defined]
+    rows = {job.pk: job for job in Job.objects.all()}
+    assert rows[low.pk].status == JobStatus.QUEUED
+    for job in jobs:
+        assert (rows[job.pk].status, rows[job.pk].worker, rows[job.pk].attempts) == (
+            JobStatus.IN_PROGRESS,
+            "w1",
+            1,
+        )
+        assert rows[job.pk].lease_expires_at is not None
+
+
+def test_jobs_claimed_together_cost_fewer_statements_each(state: WorkerState) -> None:
+    for n in range(10):
+        sisy.submit({"record": {"label": str(n)}})
+    state.job_seconds = 0.001  # claims are sized from recent jobs: pretend they were short
+    with CaptureQueriesContext(connection) as queries:
+        assert runner.handle_wakeup(None, state, CHANNEL) == 10
+    statements = [q["sql"] for q in queries if not q["sql"].upper().startswith(("BEGIN", "COMMIT"))]
+    print(f"\nstatements for 10 one-task jobs drained in a batch: {len(statements)}")
+    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
+    # one claim of 10 and one read of their tasks; per job: job done, task done;
+    # then an empty claim ends the drain
+    assert len(statements) == 2 + 2 * 10 + 1, statements
+
+
+def test_claim_size_follows_how_long_jobs_take(state: WorkerState, settings: Any) -> None:
+    assert runner.claim_size(state) == 1  # nothing known yet
+    state.note_job_seconds(0.001)
+    assert runner.claim_size(state) == 10  # SISY_WORKER_CLAIM_BATCH
+    settings.SISY_WORKER_CLAIM_BATCH = 4
+    assert runner.claim_size(state) == 4
+    settings.SISY_WORKER_CLAIM_BATCH = 10
+    for _ in range(30):
+        state.note_job_seconds(1.0)
+    assert runner.claim_size(state) == 1  # long jobs: one at a time
+
+
+def test_a_stopping_worker_gives_back_what_it_claimed_and_did_not_start(
+    state: WorkerState,
+) -> None:
+    jobs = [sisy.submit({"record": {"label": str(n)}}) for n in range(4)]
+    state.job_seconds = 0.001
+
+    def stop(**kwargs: Any) -> None:
+        state.stopping.set()
+
+    signals.job_started.connect(stop)
+    try:
+        assert runner.handle_wakeup(None, state, CHANNEL) == 1
+    finally:
+        signals.job_started.disconnect(stop)
+    rows = {job.pk: job for job in Job.objects.all()}
+    assert rows[jobs[0].pk].status == JobStatus.SUCCEEDED
+    for job in jobs[1:]:
+        row = rows[job.pk]
+        assert (row.status, row.worker, row.attempts, row.started_at) == (
+            JobStatus.QUEUED,
+            "",
+            0,
+            None,
+        )
+    assert state.reserved == []
+
+
+def test_claimed_jobs_waiting_behind_a_long_job_are_given_back_at_the_next_beat(
+    state: WorkerState,
+) -> None:
+    long_job = sisy.submit({"record": {"label": "long"}})
+    waiting = [sisy.submit({"record": {"label": str(n)}}) for n in range(3)]
+    jobs = runner.claim_batch(state, CHANNEL, 4)
+    assert jobs[0].pk == long_job.pk
+    state.reserve(jobs[1:])
+    state.job_started(str(jobs[0].pk), "", 1)
+    state.job_began -= runner.CLAIM_WINDOW + 0.01  # it has run for longer than the window
+    runner.renew_lease(state)  # the heartbeat thread
+    assert state.reserved == []
+    statuses = dict(Job.objects.values_list("pk", "status"))
+    assert statuses[long_job.pk] == JobStatus.IN_PROGRESS
+    assert {statuses[job.pk] for job in waiting} == {JobStatus.QUEUED}
+
+
+def test_renewing_leases_covers_claimed_jobs_not_started_yet(state: WorkerState) -> None:
+    sisy.submit({"record": {"label": "a"}})
+    sisy.submit({"record": {"label": "b"}})
+    jobs = runner.claim_batch(state, CHANNEL, 2)
+    state.reserve(jobs)
+    Job.objects.update(lease_expires_at=None)
+    runner.renew_lease(state)
+    assert all(Job.objects.values_list("lease_expires_at", flat=True))
+    assert len(state.reserved) == 2
+
+
+def test_a_claimed_job_cancelled_while_it_waited_is_not_run(state: WorkerState) -> None:
+    job = sisy.submit({"record": {"label": "cancelled"}})
+    [claimed] = runner.claim_batch(state, CHANNEL, 1)
+    state.reserve([claimed])
+    state.reserved[0] = (claimed, state.reserved[0][1] - 1.0)  # claimed a second ago
+    assert sisy.cancel(job.pk)
+    assert runner.handle_wakeup(None, state, CHANNEL) == 0
+    assert recorded("runs") == []
+    assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
+    assert JobTask.objects.get(job=job).status == JobTaskStatus.CANCELLED
+
+
+def test_run_jobs_runs_the_queued_jobs_of_each_channel_named() -> None:
+    from sisy.testing import run_jobs
+
+    sisy.submit({"record": {"label": "default"}})
+    sisy.submit({"record": {"label": "other"}}, channel="sisy.other")
+    later = sisy.submit(
+        {"record": {"label": "later"}},
+        run_after=timezone.now() + timedelta(hours=1),
+    )
+    assert run_jobs() == 1
+    assert recorded("runs") == ["default"]
+    assert run_jobs(["sisy.run", "sisy.other"]) == 1
+    assert sorted(recorded("runs")) == ["default", "other"]
+    assert Job.objects.get(pk=later.pk).status == JobStatus.QUEUED
