@@ -1,0 +1,2 @@
+def sync(message):
+    return {"synced": True}
