@@ -28,10 +28,20 @@ from sisy.state import WorkerState
 logger = logging.getLogger("sisy.heartbeat")
 
 
+#: Connect and read timeouts of sisy's heartbeat connections (seconds), unless a
+#: host's own keys say otherwise.
+SOCKET_TIMEOUTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+
+
 def redis_connection_kwargs() -> dict[str, Any]:
     """How to reach the Redis that holds heartbeats.
 
     ``SISY_REDIS_URL`` when set, else the first host of sisy's channel layer.
+    The dict holds ``redis.Redis`` keywords, or a ``url`` and keywords for
+    ``redis.Redis.from_url``, or, for a Sentinel host (the form channels-redis
+    takes), ``sentinels`` (a list of ``(host, port)`` tuples), ``master_name``,
+    ``sentinel_kwargs`` (a dict) and keywords for the master's connections.
+    Raises ``ImproperlyConfigured`` for a host sisy cannot read.
     """
     if sisy_settings.REDIS_URL:
         return {"url": sisy_settings.REDIS_URL}
@@ -49,7 +59,9 @@ def redis_connection_kwargs() -> dict[str, Any]:
         if isinstance(address, str):
             return {"url": address, **extra}
         return {"host": address[0], "port": int(address[1]), **extra}
-    if isinstance(host, dict) and "host" in host and "sentinels" not in host:
+    if isinstance(host, dict) and ("sentinels" in host or "master_name" in host):
+        return _sentinel_kwargs(alias, host)
+    if isinstance(host, dict) and "host" in host:
         return dict(host)  # redis-py connection keywords, as channels-redis takes them
     raise ImproperlyConfigured(
         f"sisy cannot tell which Redis holds worker heartbeats from CHANNEL_LAYERS[{alias!r}]; "
@@ -57,13 +69,80 @@ def redis_connection_kwargs() -> dict[str, Any]:
     )
 
 
+def _sentinel_kwargs(alias: str, host: dict[str, Any]) -> dict[str, Any]:
+    """A Sentinel host, checked: what channels-redis needs, in the types redis-py takes."""
+
+    def refuse(problem: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(
+            f"sisy cannot tell which Redis holds worker heartbeats from "
+            f"CHANNEL_LAYERS[{alias!r}]: its Sentinel host {problem}; fix it or set SISY_REDIS_URL"
+        )
+
+    master_name = host.get("master_name")
+    if not isinstance(master_name, str) or not master_name:
+        raise refuse("has no master_name (the name the sentinels monitor)")
+    raw_sentinels = host.get("sentinels")
+    if not isinstance(raw_sentinels, (list, tuple)) or not raw_sentinels:
+        raise refuse("has no sentinels (a list of (host, port) pairs)")
+    sentinels = []
+    for entry in raw_sentinels:
+        try:
+            address, port = entry
+            sentinels.append((str(address), int(port)))
+        except (TypeError, ValueError):
+            raise refuse(f"lists {entry!r} among its sentinels, not a (host, port) pair") from None
+    sentinel_kwargs = host.get("sentinel_kwargs")
+    if sentinel_kwargs is None:
+        sentinel_kwargs = {}
+    if not isinstance(sentinel_kwargs, dict):
+        raise refuse("has sentinel_kwargs that are not a dict")
+    return {
+        **{k: v for k, v in host.items() if k not in ("sentinels", "sentinel_kwargs")},
+        "sentinels": sentinels,
+        "master_name": master_name,
+        "sentinel_kwargs": dict(sentinel_kwargs),
+    }
+
+
 def connect() -> redis.Redis:
-    options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-    options.update(redis_connection_kwargs())
+    """A client of the Redis that holds heartbeats (the current master behind Sentinel)."""
+    options = redis_connection_kwargs()
+    if "sentinels" in options:
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(
+            options.pop("sentinels"),
+            sentinel_kwargs={**SOCKET_TIMEOUTS, **options.pop("sentinel_kwargs")},
+            **SOCKET_TIMEOUTS,
+        )
+        # The client asks the sentinels for the master on each new connection, and
+        # drops its connections when the master it reached has become a replica.
+        return sentinel.master_for(options.pop("master_name"), **options)
+    options = {**SOCKET_TIMEOUTS, **options}
     url = options.pop("url", None)
     if url is not None:
         return redis.Redis.from_url(url, **options)
     return redis.Redis(**options)
+
+
+def follow_master(client: redis.Redis) -> None:
+    """Point a Sentinel client at the master of the moment; other clients are left alone.
+
+    A Sentinel client asks the sentinels for the master only when it opens a
+    connection, and leaves a master only once that master refuses a write
+    (after a manual failover the sentinels demote the old master some ten
+    seconds later). Asking again drops the idle connections to a former
+    master at once. If the sentinels cannot answer, the connection stays.
+    """
+    from redis.sentinel import SentinelConnectionPool
+
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return
+    try:
+        pool.get_master_address()
+    except redis.RedisError as exc:
+        logger.debug("sisy: the sentinels did not say which Redis is the master: %s", exc)
 
 
 def key_for(worker_id: str) -> str:
@@ -145,8 +224,9 @@ class HeartbeatThread(threading.Thread):
         while not self._stop_event.is_set():
             now = time.monotonic()
             self.state.changed.clear()
-            self._publish()
-            if now >= next_beat:
+            due = now >= next_beat
+            self._publish(follow=due)
+            if due:
                 next_beat = now + interval
                 self._beat()
             # Wake early on a status change so "in_progress" shows at once, then
@@ -157,10 +237,12 @@ class HeartbeatThread(threading.Thread):
             if self.state.changed.wait(max(0.0, next_beat - time.monotonic())):
                 self._stop_event.wait(PUBLISH_GAP)
 
-    def _publish(self) -> None:
+    def _publish(self, follow: bool = False) -> None:
         try:
             if self._client is None:
                 self._client = connect()
+            elif follow:  # once a beat: a Sentinel master may have changed
+                follow_master(self._client)
             publish(self._client, self.state)
         except Exception as exc:  # Redis down: keep working, say so now and then
             self._client = None
