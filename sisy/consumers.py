@@ -29,6 +29,7 @@ class _TolerantConsumer(SyncConsumer):
     async def dispatch(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             logger.warning("sisy: dropping a message without a type on %s", self._channel())
+            worker.ensure_running(self._channel()).note_dropped()
             return
         handler_name = message["type"].replace(".", "_")
         if handler_name.startswith("_") or not callable(getattr(self, handler_name, None)):
@@ -37,6 +38,7 @@ class _TolerantConsumer(SyncConsumer):
                 message["type"][:100],
                 self._channel(),
             )
+            worker.ensure_running(self._channel()).note_dropped()
             return
         # Not SyncConsumer.dispatch: Channels closes the thread's database
         # connections around each message there, and with CONN_MAX_AGE = 0 a
@@ -57,6 +59,7 @@ class RunConsumer(_TolerantConsumer):
         job_id = message.get("job")
         if job_id is not None and not isinstance(job_id, str):
             logger.warning("sisy: ignoring a wake-up whose job is not a string: %r", job_id)
+            state.note_dropped()
             job_id = None
         runner.handle_wakeup(job_id, state, self._channel())
 
@@ -78,6 +81,7 @@ class HeartbeatConsumer(AsyncConsumer):
         else:
             kind = message.get("type") if isinstance(message, dict) else None
             logger.warning("sisy: dropping a message of type %r on the clock channel", kind)
+            worker.ensure_running(str(self.scope.get("channel", "?"))).note_dropped()
 
 
 def _tick(message: dict[str, Any], channel: str) -> None:

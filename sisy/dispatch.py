@@ -13,8 +13,9 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -55,6 +56,8 @@ class _LoopThread:
         self._draining = False
         self._idle = threading.Event()
         self._idle.set()
+        #: Channels found full, and until when to send nothing more to them.
+        self._full_until: dict[tuple[int, str], float] = {}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         loop = self._ensure()
@@ -97,10 +100,21 @@ class _LoopThread:
                     self._draining = False
                     self._idle.set()
                     return
-            for layer, channel, ids in batch.values():
+            for key, (layer, channel, ids) in batch.items():
+                if time.monotonic() < self._full_until.get(key, 0.0):
+                    continue  # wake-ups are pending there: a woken worker drains
                 # Each woken worker drains the channel: a few wake-ups start as
                 # many workers on a burst as one per job would.
-                await _send_logged(layer, channel, ids[: sisy_settings.SWEEP_MAX_WAKEUPS])
+                full: list[bool] = []
+                await _send_logged(
+                    layer, channel, ids[: sisy_settings.SWEEP_MAX_WAKEUPS], on_full=full.append
+                )
+                if full:
+                    self._full_until[key] = time.monotonic() + CHANNEL_FULL_PAUSE
+
+    def forget_full_channels(self) -> None:
+        """Send to every channel again at once (tests, after emptying Redis)."""
+        self._full_until.clear()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every posted wake-up was sent (or failed); ``False`` on timeout."""
@@ -117,6 +131,11 @@ class _LoopThread:
 
 
 _sender = _LoopThread()
+
+#: Seconds :func:`wake_soon` sends nothing more to a channel it found full
+#: (``ChannelFull``): its pending wake-ups will start a worker, which drains
+#: the channel, so more sends would only cost Redis round trips.
+CHANNEL_FULL_PAUSE = 1.0
 
 #: Most wake-ups :func:`wake_soon` keeps waiting; past it, it drops them (the
 #: jobs are stored, and a draining worker or the sweep finds them).
@@ -158,6 +177,10 @@ def submit(
     return store(job_spec, channel=channel, priority=priority, run_after=run_after)
 
 
+#: Jobs with more tasks are inserted with several statements (in one
+#: transaction): one statement stays within every database's parameter limit.
+MAX_TASKS_IN_ONE_STATEMENT = 50
+
 #: The range of ``Job.priority`` (a small integer column).
 MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
 
@@ -180,9 +203,12 @@ def store(
     job, tasks = _rows(job_spec, channel, priority, run_after)
     using = router.db_for_write(Job)
     try:
-        with transaction.atomic(using=using):
-            sql.insert(Job, [job], using)
-            sql.insert(JobTask, tasks, using)
+        if len(tasks) <= MAX_TASKS_IN_ONE_STATEMENT:
+            sql.insert_together([(Job, [job]), (JobTask, tasks)], using)
+        else:
+            with transaction.atomic(using=using):
+                sql.insert(Job, [job], using)
+                sql.insert(JobTask, tasks, using)
     except IntegrityError as exc:
         if Job.objects.using(using).filter(pk=job.job_id).exists():
             raise JobSpecError(
@@ -345,7 +371,8 @@ def wake_soon(channel: str, job_ids: Iterable[uuid.UUID | str]) -> None:
     sender thread, whether Redis answers in a millisecond or not at all. The
     thread sends queued wake-ups one after another; of a burst queued while it
     was busy it sends at most :setting:`SISY_SWEEP_MAX_WAKEUPS` per channel,
-    since each woken worker drains the channel. A failed send is logged; the
+    since each woken worker drains the channel, and to a channel it found full
+    it sends nothing for :data:`CHANNEL_FULL_PAUSE` seconds. A failed send is logged; the
     job stays queued for a draining worker or the sweep, as with :func:`wake`.
     """
     from channels.layers import get_channel_layer
@@ -370,9 +397,14 @@ def wake_soon(channel: str, job_ids: Iterable[uuid.UUID | str]) -> None:
         )
 
 
-async def _send_logged(layer: Any, channel: str, ids: list[uuid.UUID | str]) -> int:
+async def _send_logged(
+    layer: Any,
+    channel: str,
+    ids: list[uuid.UUID | str],
+    on_full: Callable[[bool], None] | None = None,
+) -> int:
     try:
-        return await asyncio.wait_for(_send_all(layer, channel, ids), SEND_TIMEOUT)
+        return await asyncio.wait_for(_send_all(layer, channel, ids, on_full), SEND_TIMEOUT)
     except Exception as exc:
         logger.warning(
             "sisy: could not send wake-up on %r (%s: %s); the sweep will send it again",
@@ -414,7 +446,12 @@ def wake(channel: str, job_ids: Iterable[uuid.UUID | str]) -> int:
         return 0
 
 
-async def _send_all(layer: Any, channel: str, ids: list[uuid.UUID | str]) -> int:
+async def _send_all(
+    layer: Any,
+    channel: str,
+    ids: list[uuid.UUID | str],
+    on_full: Callable[[bool], None] | None = None,
+) -> int:
     from channels.exceptions import ChannelFull
 
     sent = 0
@@ -427,6 +464,8 @@ async def _send_all(layer: Any, channel: str, ids: list[uuid.UUID | str]) -> int
             logger.debug(
                 "sisy: %r is full; job %s will be found by a draining worker", channel, job_id
             )
+            if on_full is not None:
+                on_full(True)
             break
         sent += 1
     return sent

@@ -72,6 +72,7 @@ def claim(job_id: uuid.UUID | str | None, state: WorkerState, channel: str) -> J
             pk = uuid.UUID(str(job_id))
         except ValueError:
             logger.warning("sisy: ignoring a wake-up naming %r, which is not a job id", job_id)
+            state.note_dropped()
             return None
     jobs = _claim(pk, state, channel, 1)
     return jobs[0] if jobs else None
@@ -455,9 +456,7 @@ def _run_claimed(job: Job, state: WorkerState) -> None:
             # The last task and the job's outcome: one transaction, one commit.
             # The job's row first: once that fenced write succeeded, the row is
             # this worker's until the commit, and the task's needs no fence.
-            with transaction.atomic():
-                _finish(job, JobStatus.SUCCEEDED, "", tasks, skip_from=len(tasks))
-                _record(job, task, outcome, fenced=False)
+            _complete(job, task, outcome)
             signals.send(signals.job_finished, Job, job=job, status=job.status)
             return
         retry_delay = _retry_delay(job, task, outcome.module_class, outcome.error)
@@ -524,14 +523,46 @@ def _execute(job: Job, task: JobTask, state: WorkerState) -> _Outcome:
     return outcome
 
 
-def _record(
-    job: Job, task: JobTask, outcome: _Outcome, retrying: bool = False, fenced: bool = True
-) -> None:
-    """Write a job task's outcome (fenced: ``LostJob`` if the job is no longer ours).
+def _complete(job: Job, task: JobTask, outcome: _Outcome) -> None:
+    """The last task succeeded: record it and the job's success (fenced), as one unit.
 
-    ``fenced=False`` when the caller's transaction already holds the job's row
-    through a fenced write.
+    The job's row is written first, under the fence; the task's row only if
+    that matched (one statement on PostgreSQL, one transaction elsewhere).
     """
+    now = timezone.now()
+    finished = {
+        "status": JobStatus.SUCCEEDED,
+        "finished_at": now,
+        "error": "",
+        "lease_expires_at": None,
+    }
+    task_values = {
+        "started_at": outcome.started,
+        "finished_at": now,
+        "status": JobTaskStatus.SUCCEEDED,
+        "result": outcome.result,
+        "progress": 1.0,
+        "error": "",
+    }
+    if not sql.update_if_parent_updated(
+        (Job, finished, _fence(job)),
+        (JobTask, task_values, {"id": task.pk}),
+        link="job",
+        using=router.db_for_write(Job),
+    ):
+        raise LostJob("at completion")
+    job.status, job.finished_at, job.error, job.lease_expires_at = (
+        JobStatus.SUCCEEDED,
+        now,
+        "",
+        None,
+    )
+    task.status, task.error = JobTaskStatus.SUCCEEDED, ""
+    logger.debug("sisy: job %s %s", job.pk, job.status)
+
+
+def _record(job: Job, task: JobTask, outcome: _Outcome, retrying: bool = False) -> None:
+    """Write a job task's outcome (fenced: ``LostJob`` if the job is no longer ours)."""
     fields: dict[str, Any] = {"started_at": outcome.started, "finished_at": timezone.now()}
     if outcome.error is None:
         fields.update(status=JobTaskStatus.SUCCEEDED, result=outcome.result, progress=1.0, error="")
@@ -544,9 +575,7 @@ def _record(
         )
     else:
         fields.update(status=JobTaskStatus.FAILED, error=outcome.traceback)
-    if not fenced:
-        sql.update(JobTask, fields, {"id": task.pk})
-    elif not _fenced_task(job, task).update(**fields):
+    if not _fenced_task(job, task).update(**fields):
         raise LostJob(f"after task {task.position}")
     task.status, task.error = fields["status"], fields.get("error", "")
 

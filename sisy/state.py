@@ -48,6 +48,9 @@ class WorkerState:
         self.progress: float | None = None
         self.progress_message = ""
         self.jobs_done = 0
+        #: Messages refused as malformed (no type, unknown type, a wake-up
+        #: whose job is not a job id), since the worker started.
+        self.messages_dropped = 0
         #: Consumers currently inside the runner (claiming or running).
         self.active = 0
         #: Set when the process is asked to stop: no new job is claimed.
@@ -88,6 +91,11 @@ class WorkerState:
             self.status, self.job, self.progress, self.progress_message = IDLE, None, None, ""
             self.task = None
         self.changed.set()
+
+    def note_dropped(self) -> None:
+        """Count a malformed message that was logged and dropped."""
+        with self._lock:
+            self.messages_dropped += 1
 
     def reserve(self, jobs: list[Any]) -> None:
         now = time.monotonic()
@@ -143,6 +151,7 @@ class WorkerState:
                 "last_seen": timezone.now().isoformat(),
                 "channels": list(self.channels),
                 "jobs_done": self.jobs_done,
+                "messages_dropped": self.messages_dropped,
             }
             if self.reserved:
                 payload["reserved"] = len(self.reserved)

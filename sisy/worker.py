@@ -207,6 +207,8 @@ class SisyWorker(Worker):
                     exc,
                     backoff,
                 )
+                if not _is_transport_error(exc):
+                    self.state.note_dropped()  # e.g. bytes that are not a message
                 if not _is_read_timeout(exc):
                     await asyncio.sleep(backoff)
                     backoff = min(self.max_backoff, backoff * 2)
@@ -214,9 +216,18 @@ class SisyWorker(Worker):
             backoff = 0.1
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                 logger.warning("sisy: dropping a message without a type on %s", channel)
+                self.state.note_dropped()
                 continue
             queue = self.get_or_create_application_instance(channel, scope)
             await queue.put(message)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """Redis away or slow, as opposed to a message that could not be read."""
+    import redis.exceptions
+
+    transport = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+    return isinstance(exc, transport)
 
 
 def _is_read_timeout(exc: BaseException) -> bool:

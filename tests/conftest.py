@@ -69,14 +69,16 @@ def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
     sisy's wake-ups leave on a sender thread; they are awaited first, so none
     sent by one test lands in the next.
     """
-    from sisy.dispatch import flush
+    from sisy.dispatch import _sender, flush
 
     client = redis_lib.Redis.from_url(redis_url)
     flush()
     client.flushdb()
+    _sender.forget_full_channels()
     yield client
     flush()
     client.flushdb()
+    _sender.forget_full_channels()
 
 
 class Workers:

@@ -113,6 +113,33 @@ def test_full_channel_is_not_an_error(redis) -> None:
     assert 100 <= zcard(redis, WAKEUP_KEY) < 300
 
 
+def test_a_full_channel_is_left_alone_for_a_while(redis, monkeypatch) -> None:
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    sends: list[str] = []
+    original = type(layer).send
+
+    async def counting_send(self, channel: str, message: dict) -> None:
+        sends.append(channel)
+        await original(self, channel, message)
+
+    monkeypatch.setattr(type(layer), "send", counting_send)
+    monkeypatch.setattr(dispatch, "CHANNEL_FULL_PAUSE", 60.0)  # however slow this machine
+    for i in range(300):
+        sisy.submit({"record": {"label": str(i)}})
+        if i == 150:
+            assert dispatch.flush()
+            tried = len(sends)
+    assert dispatch.flush()
+    assert Job.objects.filter(status=JobStatus.QUEUED).count() == 300
+    assert 100 <= zcard(redis, WAKEUP_KEY) < 150
+    assert len(sends) == tried  # no send tried after the channel was found full
+    dispatch._sender.forget_full_channels()
+    sisy.submit({"record": {"label": "after the pause"}})
+    assert dispatch.flush() and len(sends) == tried + 1
+
+
 def test_canonical_spec_round_trips_through_json() -> None:
     job = sisy.submit(
         json.dumps({"job_name": "text", "tasks": [{"module": "record", "data": {"label": "a"}}]})
@@ -144,3 +171,17 @@ def test_submit_many_stores_nothing_if_one_spec_is_bad(redis) -> None:
             [{"record": {"label": "a"}}, {"job_id": str(taken), "record": {"label": "b"}}]
         )
     assert Job.objects.count() == 1
+
+
+def test_a_taken_job_id_inside_a_transaction_leaves_it_usable() -> None:
+    first = sisy.submit({"job_title": "first", "record": {"label": "a"}})
+    with transaction.atomic():
+        with pytest.raises(JobSpecError, match="already exists"):
+            sisy.submit({"job_id": str(first.job_id), "record": {"label": "b"}})
+        second = sisy.submit({"job_title": "second", "record": {"label": "c"}})
+    assert Job.objects.filter(pk__in=[first.pk, second.pk]).count() == 2
+
+
+def test_a_job_with_many_tasks_is_stored_whole() -> None:
+    job = sisy.submit({"tasks": [{"record": {"label": str(n)}} for n in range(120)]})
+    assert [t.data["label"] for t in job.ordered_tasks()] == [str(n) for n in range(120)]

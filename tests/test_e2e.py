@@ -233,6 +233,14 @@ def test_poison_messages_do_not_stop_the_worker(workers: Workers, redis) -> None
     assert recorded("runs") == ["after poison"]
     assert process.poll() is None
     assert json.loads(redis.get("worker:poison-1"))["pid"] == process.pid
+    # no type, two unknown types, a tick on the run channel, a job id that is
+    # not a string and one that is not a UUID, the garbage bytes (the wake-up
+    # for a job that does not exist is an ordinary no-op)
+    wait_for(
+        lambda: json.loads(redis.get("worker:poison-1"))["messages_dropped"] == 7,
+        10,
+        "the heartbeat to count the dropped messages",
+    )
 
 
 def test_a_tick_runs_while_the_worker_is_busy_with_a_long_job(workers: Workers, redis) -> None:
