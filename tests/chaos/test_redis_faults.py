@@ -201,28 +201,30 @@ def test_sharded_layer(
     use_layer([redis_url, redis_server.url])
     chaos.workers.env["SISY_TEST_REDIS_URL_2"] = redis_server.url
     second = redis_lib.Redis.from_url(redis_server.url)
-    before = [commands(chaos.redis), commands(second)]
+    before = [wakeups_sent(chaos.redis), wakeups_sent(second)]
     for n in range(2):
         chaos.start_worker(f"shard-{n}")
     chaos.start_clock()
     stats = chaos.submit(total)
     chaos.wait_finished(total, 120)
-    used = [commands(chaos.redis) - before[0], commands(second) - before[1]]
+    sent = [wakeups_sent(chaos.redis) - before[0], wakeups_sent(second) - before[1]]
     tally = chaos.tally()
     chaos.report(
         "13 sharded layer",
         **tally.figures(),
         submit_errors=len(stats.errors),
-        redis_commands_per_shard=used,
+        wakeups_sent_per_shard=sent,
     )
     assert stats.errors == []
-    assert min(used) > total / 2  # both shards carried wake-ups
+    # channels-redis hands a general channel's sends to its hosts in turn.
+    assert min(sent) >= max(sent) / 3 and min(sent) >= 10, sent
     assert_all_succeeded_once(chaos, total)
 
 
-def commands(client: redis_lib.Redis) -> int:
-    info: dict[str, Any] = client.info("stats")  # type: ignore[assignment]
-    return int(info["total_commands_processed"])
+def wakeups_sent(client: redis_lib.Redis) -> int:
+    """Messages added to channels on ``client`` (channels-redis sends with ZADD)."""
+    info: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    return int(info.get("cmdstat_zadd", {}).get("calls", 0))
 
 
 def test_redis_restarted_while_a_worker_is_busy(
