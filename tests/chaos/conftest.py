@@ -45,6 +45,10 @@ CHAOS_ENV = {
     "SISY_LOG_LEVEL": "INFO",
 }
 
+#: ``SISY_CHAOS_FULL=1`` runs cases 9 and 11 at the sizes the issue names
+#: (10,000 jobs per layer; a 60 s window) instead of the CI's smaller ones.
+FULL = os.environ.get("SISY_CHAOS_FULL") == "1"
+
 _summary: list[str] = []
 
 
