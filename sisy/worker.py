@@ -155,7 +155,7 @@ class SisyWorker(Worker):
     def _release_and_exit(self) -> None:
         from django.db import close_old_connections
 
-        from sisy.dispatch import wake
+        from sisy.dispatch import flush, wake
 
         close_old_connections()
         job_id = None
@@ -168,6 +168,7 @@ class SisyWorker(Worker):
                     wake(channel, [job_id])
         except Exception:
             logger.exception("sisy: could not release the running job; its lease will expire")
+        flush(2.0)  # the wake-ups of the jobs given back, before os._exit() drops them
         logger.warning(
             "sisy: worker %s stopped after its %ss grace period%s",
             self.state.worker_id,
