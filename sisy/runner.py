@@ -365,7 +365,8 @@ def renew_lease(state: WorkerState) -> None:
     """
     current = state.current_job()
     lease = timezone.now() + timedelta(seconds=sisy_settings.JOB_LEASE)
-    if state.reserved_ids():
+    reserved = state.reserved_ids()
+    if reserved:
         if current is not None and time.monotonic() - state.job_began > CLAIM_WINDOW:
             give_back(state, state.take_reserved())
         else:
@@ -373,7 +374,7 @@ def renew_lease(state: WorkerState) -> None:
                 Job,
                 {"lease_expires_at": lease},
                 {
-                    "job_id": state.reserved_ids(),
+                    "job_id": reserved,
                     "status": JobStatus.IN_PROGRESS,
                     "worker": state.worker_id,
                 },

@@ -17,9 +17,8 @@ def run_jobs(channels: str | Iterable[str] | None = None, *, worker_id: str = "t
     lifecycle, retries, fenced recording and signals as in ``sisy_worker``;
     jobs deferred to a later time (``run_after``, or a retry's backoff) are
     left queued. Returns how many jobs ran. No heartbeat is published and no
-    lease is renewed. Runs outside any transaction the caller holds open only
-    as far as the database allows: inside a test's transaction, the jobs'
-    writes join it.
+    lease is renewed. Inside a transaction (Django's ``TestCase``,
+    pytest-django's ``django_db``), the jobs' writes join it.
     """
     if channels is None:
         names = [sisy_settings.RUN_CHANNEL]
