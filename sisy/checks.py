@@ -67,7 +67,7 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             checks.Error(
                 f"sisy needs a channel layer, and CHANNEL_LAYERS has no {alias!r} entry.",
                 hint='Add a channels_redis layer: CHANNEL_LAYERS = {"default": {"BACKEND": '
-                '"channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://..."]}}}.',
+                '"sisy.layers.RedisChannelLayer", "CONFIG": {"hosts": ["redis://..."]}}}.',
                 id="sisy.E001",
             )
         ]
@@ -113,6 +113,8 @@ def check_modules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
 
 
 CORE_LAYER = "channels_redis.core.RedisChannelLayer"
+#: Layers that pop with channels-redis's blocking receive (sisy's only changes send).
+CORE_LAYERS = (CORE_LAYER, "sisy.layers.RedisChannelLayer")
 #: channels-redis's RedisChannelLayer waits this long in one blocking pop.
 BLOCKING_POP_SECONDS = 5
 
@@ -121,7 +123,7 @@ def _check_socket_timeout(alias: str, layer: dict[str, Any]) -> list[checks.Chec
     """redis-py 8 reads time out after 5 s by default: the layer's 5 s blocking pop fails."""
     import redis
 
-    if int(redis.__version__.split(".")[0]) < 8 or layer.get("BACKEND") != CORE_LAYER:
+    if int(redis.__version__.split(".")[0]) < 8 or layer.get("BACKEND") not in CORE_LAYERS:
         return []
     hosts = layer.get("CONFIG", {}).get("hosts") or ["redis://localhost:6379"]
     if all(_timeout_outlasts_pop(host) for host in hosts):

@@ -123,13 +123,24 @@ class Module:
         self.job = job
         self.job_task = job_task
         self._reporter = reporter
+        #: The data this instance's schema check already passed (set by the
+        #: worker, which checks every task of a job before the first runs).
+        self._checked_data: Any = None
 
     def initialize(self) -> None:
         """Acquire what ``run()`` needs; raise to fail the job with your message."""
 
     def validate(self) -> None:
-        """Check ``self.data``; raises :class:`sisy.exceptions.JobSpecError`."""
+        """Check ``self.data``; raises :class:`sisy.exceptions.JobSpecError`.
+
+        In a worker the data was checked against ``schema`` just before the
+        job's first task ran; the check is not repeated then.
+        """
         from sisy.exceptions import JobSpecError
+
+        checked = getattr(self, "_checked_data", None)  # a subclass may skip __init__
+        if checked is not None and checked is self.data:
+            return
 
         index = self.job_task.position if self.job_task is not None else None
         problems = registry.validate(self.name, self.data, task=index)

@@ -82,29 +82,25 @@ def claim_batch(state: WorkerState, channel: str, limit: int) -> list[Job]:
     """Start up to ``limit`` queued jobs of ``channel`` at once, in the order to run them.
 
     Each is claimed exactly as by :func:`claim` (same statement, same fencing:
-    status, worker, attempt and lease are set on every row); their tasks are
-    read with one more query. The caller runs them one after another, and
-    gives back (:func:`give_back`) those it will not start.
+    status, worker, attempt and lease are set on every row), and comes with
+    its tasks. The caller runs them one after another, and gives back
+    (:func:`give_back`) those it will not start.
     """
     jobs = _claim(None, state, channel, limit)
     if len(jobs) > 1:
         jobs.sort(key=lambda job: (-job.priority, job.created_at))
-    if jobs:
-        by_job: dict[Any, list[JobTask]] = {job.pk: [] for job in jobs}
-        for task in JobTask.objects.filter(job_id__in=list(by_job)).order_by("job_id", "position"):
-            by_job[task.job_id].append(task)
-        for job in jobs:
-            job._sisy_tasks = by_job[job.pk]  # type: ignore[attr-defined]
     return jobs
 
 
 def _claim(pk: uuid.UUID | None, state: WorkerState, channel: str, limit: int) -> list[Job]:
+    """Claim, and read the claimed jobs' tasks (kept on each job for :func:`run_job`)."""
     now = timezone.now()
     lease = now + timedelta(seconds=sisy_settings.JOB_LEASE)
     if _returning_supported():
         jobs = _claim_returning(pk, state, channel, now, lease, limit)
     else:
         jobs = _claim_portable(pk, state, channel, now, lease, limit)
+        _attach_tasks(jobs, router.db_for_write(Job))
     for job in jobs:
         logger.debug("sisy: %s claimed job %s, attempt %d", state.worker_id, job.pk, job.attempts)
     return jobs
@@ -127,7 +123,8 @@ _claim_sql: dict[tuple[str, bool], str] = {}
 def _claim_returning(
     pk: uuid.UUID | None, state: WorkerState, channel: str, now: Any, lease: Any, limit: int
 ) -> list[Job]:
-    connection = connections[router.db_for_write(Job)]
+    using = router.db_for_write(Job)
+    connection = connections[using]
     when = connection.ops.adapt_datetimefield_value
     claimed: list[Any] = [JobStatus.IN_PROGRESS, state.worker_id, when(now), when(lease)]
     if pk is not None:
@@ -135,11 +132,23 @@ def _claim_returning(
         params = [*claimed, pk_value, JobStatus.QUEUED, channel, when(now)]
     else:
         params = [JobStatus.QUEUED, channel, when(now), limit, *claimed, JobStatus.QUEUED]
-    key = (connection.alias, pk is not None)
-    sql = _claim_sql.get(key)
-    if sql is None:
-        sql = _claim_sql[key] = _claim_statement(connection, by_pk=pk is not None)
-    return list(Job.objects.raw(sql, params))
+    key = (using, pk is not None)
+    statement = _claim_sql.get(key)
+    if statement is None:
+        statement = _claim_sql[key] = _claim_statement(connection, by_pk=pk is not None)
+    if connection.vendor != "postgresql":
+        jobs = [job for job in sql.fetch(Job, statement, params, using) if isinstance(job, Job)]
+        _attach_tasks(jobs, using)
+        return jobs
+    # PostgreSQL: the claim and the read of the tasks are one statement.
+    by_pk: dict[Any, Job] = {}
+    for job, task in sql.fetch_joined((Job, JobTask), statement, params, using):
+        assert isinstance(job, Job)  # the claimed side of the join
+        job = by_pk.setdefault(job.pk, job)
+        tasks = job.__dict__.setdefault("_sisy_tasks", [])
+        if task is not None:
+            tasks.append(task)
+    return list(by_pk.values())
 
 
 def _claim_statement(connection: Any, by_pk: bool) -> str:
@@ -153,18 +162,64 @@ def _claim_statement(connection: Any, by_pk: bool) -> str:
         f"{column['attempts']} = {column['attempts']} + 1, {column['started_at']} = %s, "
         f"{column['finished_at']} = NULL, {column['lease_expires_at']} = %s "
     )
-    returning = f" RETURNING {', '.join(column.values())}"
+    returning = f" RETURNING {sql.columns(connection, Job)}"
+    ctes = []
     if by_pk:
-        return f"{update}WHERE {column['job_id']} = %s AND {claimable}{returning}"
-    # The candidates are picked once, in a CTE: PostgreSQL may run a subquery
-    # in ``IN (...)`` more than once, and a LIMIT there would not hold.
-    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
-    return (  # identifiers come from the model, values are parameters
-        f"WITH picked AS (SELECT {column['job_id']} FROM {table} WHERE {claimable} "  # noqa: S608
-        f"ORDER BY {column['priority']} DESC, {column['created_at']} LIMIT %s{lock}) "
-        f"{update}WHERE {column['job_id']} IN (SELECT {column['job_id']} FROM picked) "
-        f"AND {column['status']} = %s{returning}"
+        update += f"WHERE {column['job_id']} = %s AND {claimable}{returning}"
+    else:
+        # The candidates are picked once, in a CTE: PostgreSQL may run a subquery
+        # in ``IN (...)`` more than once, and a LIMIT there would not hold.
+        lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+        ctes.append(  # identifiers come from the model, values are parameters
+            f"picked AS (SELECT {column['job_id']} FROM {table} WHERE {claimable} "  # noqa: S608
+            f"ORDER BY {column['priority']} DESC, {column['created_at']} LIMIT %s{lock})"
+        )
+        update += (
+            f"WHERE {column['job_id']} IN (SELECT {column['job_id']} FROM picked) "  # noqa: S608
+            f"AND {column['status']} = %s{returning}"
+        )
+    if connection.vendor != "postgresql":
+        return f"WITH {ctes[0]} {update}" if ctes else update
+    # The claimed rows joined to their tasks, in one statement.
+    job_column = sql.column(connection, JobTask, "job")
+    position = sql.column(connection, JobTask, "position")
+    tasks = connection.ops.quote_name(JobTask._meta.db_table)
+    ctes.append(f"sisy_claimed AS ({update})")
+    return (
+        f"WITH {', '.join(ctes)} SELECT {sql.columns(connection, Job, 'sisy_claimed')}, "  # noqa: S608
+        f"{sql.columns(connection, JobTask, 't')} FROM sisy_claimed LEFT JOIN {tasks} t "
+        f"ON t.{job_column} = sisy_claimed.{column['job_id']} "
+        f"ORDER BY sisy_claimed.{column['job_id']}, t.{position}"
     )
+
+
+_tasks_sql: dict[tuple[str, int], str] = {}
+
+
+def _attach_tasks(jobs: list[Job], using: str) -> None:
+    """Read the tasks of ``jobs`` in one query; keep them on each job, in order."""
+    if not jobs:
+        return
+    connection = connections[using]
+    key = (using, len(jobs))
+    statement = _tasks_sql.get(key)
+    if statement is None:
+        job_column = sql.column(connection, JobTask, "job")
+        position = sql.column(connection, JobTask, "position")
+        table = connection.ops.quote_name(JobTask._meta.db_table)
+        statement = _tasks_sql[key] = (
+            f"SELECT {sql.columns(connection, JobTask)} FROM {table} "  # noqa: S608
+            f"WHERE {job_column} IN ({', '.join(['%s'] * len(jobs))}) "
+            f"ORDER BY {job_column}, {position}"
+        )
+    link = JobTask._meta.get_field("job")
+    params = [link.get_db_prep_value(job.pk, connection) for job in jobs]  # type: ignore[union-attr]
+    by_pk: dict[Any, list[JobTask]] = {job.pk: [] for job in jobs}
+    for task in sql.fetch(JobTask, statement, params, using):
+        assert isinstance(task, JobTask)
+        by_pk[task.job_id].append(task)
+    for job in jobs:
+        job._sisy_tasks = by_pk[job.pk]  # type: ignore[attr-defined]
 
 
 def _claim_portable(
@@ -510,6 +565,7 @@ def _execute(job: Job, task: JobTask, state: WorkerState) -> _Outcome:
         if outcome.module_class is None:
             raise UnknownModule(f"unknown module {task.module!r}")
         module = outcome.module_class(task.data, job=job, job_task=task, reporter=reporter)
+        module._checked_data = task.data  # _run_claimed checked it against the schema
         limit = job.time_limit or outcome.module_class.time_limit
         outcome.result = _json_result(_call_module(module, _Watchdog(limit, job, task, state)))
     except LostJob:

@@ -102,10 +102,14 @@ def parse(spec: Any) -> JobSpec:
     if not isinstance(spec, Mapping):
         raise JobSpecError([Problem(None, "$", "a job specification must be a JSON object")])
 
-    problems = [
-        Problem(None, error.json_path, error.message)
-        for error in _envelope_validator.iter_errors(dict(spec))
-    ]
+    problems = (
+        []
+        if _envelope_surely_valid(spec)
+        else [
+            Problem(None, error.json_path, error.message)
+            for error in _envelope_validator.iter_errors(dict(spec))
+        ]
+    )
     title = _title(spec, problems)
     job_id = _job_id(spec, problems)
 
@@ -151,6 +155,32 @@ def parse(spec: Any) -> JobSpec:
         retries=spec.get("retries"),
         time_limit=spec.get("time_limit"),
     )
+
+
+def _envelope_surely_valid(spec: Mapping[Any, Any]) -> bool:
+    """A quick check that ``spec`` passes :data:`ENVELOPE_SCHEMA` (most do).
+
+    ``True`` only when each envelope key holds a value of the plain Python
+    type the schema asks for, within its bounds; on anything else (``False``)
+    the schema itself is applied, and its messages are reported.
+    """
+    for key in ENVELOPE_KEYS.intersection(spec):
+        value = spec[key]
+        if key in ("job_title", "job_name"):
+            ok = type(value) is str and len(value) <= MAX_TITLE_LENGTH
+        elif key == "job_id":
+            ok = type(value) is str
+        elif key == "tasks":
+            ok = type(value) is list and 1 <= len(value) <= MAX_TASKS
+        elif key == "max_attempts":
+            ok = type(value) is int and 1 <= value <= 100
+        elif key == "retries":
+            ok = type(value) is int and 0 <= value <= 100
+        else:  # time_limit
+            ok = type(value) in (int, float) and 0 < value <= MAX_TIME_LIMIT
+        if not ok:
+            return False
+    return True
 
 
 def _text_problem(text: str) -> str | None:

@@ -11,9 +11,12 @@ own ``get_db_prep_save()``. They behave like ``bulk_create()`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connections, router, transaction
 from django.db.models import Model
 from django.db.models.fields import AutoFieldMixin, Field
@@ -91,11 +94,101 @@ def _insert_fields(model: type[Model]) -> list[Field]:
 
 
 def _insert_params(connection: Any, fields: list[Field], objs: Sequence[Model]) -> list[Any]:
-    return [
-        field.get_db_prep_save(field.pre_save(obj, True), connection)
-        for obj in objs
-        for field in fields
-    ]
+    key = (connection.alias, id(fields))
+    plan = _insert_plans.get(key)
+    if plan is None:
+        plan = _insert_plans[key] = [
+            (f, _plain_pre_save(f), _preparer(connection, f)) for f in fields
+        ]
+    params = []
+    for obj in objs:
+        for field, plain, prepare in plan:
+            value = getattr(obj, field.attname) if plain else field.pre_save(obj, True)
+            params.append(prepare(value))
+    return params
+
+
+_insert_plans: dict[tuple[str, int], list[tuple[Field, bool, Callable[[Any], Any]]]] = {}
+
+
+def _plain_pre_save(field: Field) -> bool:
+    """Whether ``field.pre_save()`` only reads the attribute (no ``auto_now`` and the like)."""
+    from django.db.models import DateField, DateTimeField
+
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        return False
+    return type(field).pre_save in (Field.pre_save, DateField.pre_save, DateTimeField.pre_save)
+
+
+#: Python types a field of each kind stores as they are (after the backend's
+#: adaptation, for dates), when no conversion is needed.
+_STORED_AS_IS: dict[str, tuple[type, ...]] = {
+    "CharField": (str,),
+    "TextField": (str,),
+    "IntegerField": (int,),
+    "BigIntegerField": (int,),
+    "SmallIntegerField": (int,),
+    "PositiveIntegerField": (int,),
+    "PositiveSmallIntegerField": (int,),
+    "PositiveBigIntegerField": (int,),
+    "FloatField": (float,),
+    "BooleanField": (bool,),
+}
+
+_preparers: dict[tuple[str, int, bool], Callable[[Any], Any]] = {}
+
+
+def _preparer(connection: Any, field: Field, save: bool = True) -> Callable[[Any], Any]:
+    """``field.get_db_prep_save`` (or ``get_db_prep_value``), without its detours.
+
+    For the values sisy's hot path writes (``None``, text, numbers, aware
+    datetimes, UUIDs) the result is what the field's own method gives; any
+    other value goes through that method.
+    """
+    key = (connection.alias, id(field), save)
+    found = _preparers.get(key)
+    if found is not None:
+        return found
+    slow = field.get_db_prep_save if save else field.get_db_prep_value
+    target = field.target_field if field.many_to_one else field  # type: ignore[attr-defined]
+    kind = target.get_internal_type()
+    prepare: Callable[[Any], Any]
+    if kind in _STORED_AS_IS and not field.many_to_one:
+        types = _STORED_AS_IS[kind]
+
+        def prepare(value: Any) -> Any:
+            if value is None or type(value) in types:
+                return value
+            return slow(value, connection)
+
+    elif kind == "DateTimeField":
+        adapt = connection.ops.adapt_datetimefield_value
+        aware = settings.USE_TZ
+
+        def prepare(value: Any) -> Any:
+            if value is None:
+                return None
+            if type(value) is datetime and (value.tzinfo is not None) is aware:
+                return adapt(value)
+            return slow(value, connection)
+
+    elif kind == "UUIDField":
+        native = connection.features.has_native_uuid_field
+
+        def prepare(value: Any) -> Any:
+            if value is None:
+                return None
+            if type(value) is uuid.UUID:
+                return value if native else value.hex
+            return slow(value, connection)
+
+    else:
+
+        def prepare(value: Any) -> Any:
+            return slow(value, connection)
+
+    _preparers[key] = prepare
+    return prepare
 
 
 def _saved(objs: Sequence[Model], using: str) -> None:
@@ -194,14 +287,15 @@ def _prepared_update(
         statement = _updates[key] = _update_statement(connection, model, tuple(values), shape)
     sql, set_fields, where_fields = statement
     pairs = zip(set_fields, values.values(), strict=True)
-    params = [field.get_db_prep_save(value, connection) for field, value in pairs]
+    params = [_preparer(connection, field)(value) for field, value in pairs]
     for field, value in zip(where_fields, where.values(), strict=True):
+        prepare = _preparer(connection, field, save=False)
         if isinstance(value, (list, tuple)):
             if not value:
                 return None
-            params.extend(field.get_db_prep_value(v, connection) for v in value)
+            params.extend(prepare(v) for v in value)
         else:
-            params.append(field.get_db_prep_value(value, connection))
+            params.append(prepare(value))
     return sql, params
 
 
@@ -232,3 +326,85 @@ def _field(meta: Any, name: str) -> Field:
     if not isinstance(field, Field) or not field.concrete:
         raise ValueError(f"{meta.label}.{name} is not a column")
     return field
+
+
+def column(connection: Any, model: type[Model], name: str) -> str:
+    """The quoted column of ``model``'s field ``name``."""
+    return str(connection.ops.quote_name(str(_field(model._meta, name).column)))
+
+
+def columns(connection: Any, model: type[Model], table: str | None = None) -> str:
+    """Every column of ``model``, quoted, in field order: what :func:`fetch` reads.
+
+    With ``table``, each column is qualified by it (a table name or an alias).
+    """
+    quote = connection.ops.quote_name
+    prefix = f"{quote(table)}." if table else ""
+    return ", ".join(prefix + quote(str(f.column)) for f in model._meta.concrete_fields)
+
+
+def fetch(model: type[Model], sql: str, params: Sequence[Any], using: str) -> list[Model]:
+    """Run ``sql`` and build a ``model`` instance from each row it returns.
+
+    The statement returns :func:`columns` (a ``SELECT``, or a ``RETURNING``
+    clause). Like ``Model.objects.raw()``, but with what it resolves per call
+    (the column order, the database converters) worked out once per model.
+    """
+    return [objs[0] for objs in fetch_joined((model,), sql, params, using)]  # type: ignore[misc]
+
+
+def fetch_joined(
+    models: Sequence[type[Model]], sql: str, params: Sequence[Any], using: str
+) -> list[tuple[Model | None, ...]]:
+    """As :func:`fetch`, for rows made of the :func:`columns` of several models in turn.
+
+    Each row gives one instance per model, or ``None`` where that model's
+    primary key is NULL (the missing side of an outer join).
+    """
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    shapes = []
+    offset = 0
+    for model in models:
+        fields = model._meta.concrete_fields
+        pk_at = [f.primary_key for f in fields].index(True)
+        converters = _converters(connection, model)
+        shapes.append((model, offset, offset + len(fields), pk_at, converters))
+        offset += len(fields)
+    names: list[str] = []  # every field: from_db() does not look at the names then
+    result: list[tuple[Model | None, ...]] = []
+    for row in rows:
+        objs: list[Model | None] = []
+        for model, begin, end, pk_at, converters in shapes:
+            values = list(row[begin:end])
+            if values[pk_at] is None:
+                objs.append(None)
+                continue
+            for position, (functions, expression) in converters:
+                value = values[position]
+                for function in functions:
+                    value = function(value, expression, connection)
+                values[position] = value
+            objs.append(model.from_db(using, names, values))
+        result.append(tuple(objs))
+    return result
+
+
+_converter_cache: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+
+
+def _converters(connection: Any, model: type[Model]) -> list[tuple[int, Any]]:
+    """Per column position, the database's and the field's converters (as a queryset's)."""
+    key = (connection.alias, model._meta.label)
+    found = _converter_cache.get(key)
+    if found is None:
+        from django.db.models.sql import Query
+
+        make = connection.ops.compiler("SQLCompiler")
+        compiler = make(Query(model), connection, connection.alias)
+        table = model._meta.db_table
+        cols = [f.get_col(table) for f in model._meta.concrete_fields]
+        found = _converter_cache[key] = list(compiler.get_converters(cols).items())
+    return found

@@ -52,7 +52,7 @@ def redis_url() -> Iterator[str]:
     settings.REDIS_URL = url
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "sisy.layers.RedisChannelLayer",
             "CONFIG": {"hosts": [{"address": url, "socket_timeout": 10}]},
         }
     }

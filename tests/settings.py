@@ -87,7 +87,7 @@ else:
 REDIS_URL = os.environ.get("SISY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "sisy.layers.RedisChannelLayer",
         # redis-py >= 8 times reads out after 5 s by default, which breaks the
         # layer's blocking pop: give the socket more than the pop's 5 s.
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}]},

@@ -6,9 +6,19 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sisy.exceptions import JobSpecError
-from sisy.spec import JobSpec, parse
+from sisy.spec import (
+    ENVELOPE_KEYS,
+    MAX_TIME_LIMIT,
+    MAX_TITLE_LENGTH,
+    JobSpec,
+    _envelope_surely_valid,
+    _envelope_validator,
+    parse,
+)
 
 JOB_ID = "1248a932-8d35-4c1e-9a6f-0f3c0e6b1a11"
 
@@ -181,3 +191,36 @@ def test_text_a_database_cannot_store_is_refused_with_its_path(
         parse(spec)
     found = [p for p in caught.value.problems if fragment in p.message]
     assert [(p.task, p.path) for p in found] == [(task, path)]
+
+
+# The envelope's quick check may only say "valid" where the schema does.
+_envelope_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=MAX_TIME_LIMIT + 5),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.text(min_size=MAX_TITLE_LENGTH - 1, max_size=MAX_TITLE_LENGTH + 1),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(ENVELOPE_KEYS) + ["record", "other"]), _envelope_values, max_size=5
+    )
+)
+def test_the_quick_envelope_check_never_passes_what_the_schema_refuses(spec: dict) -> None:
+    if _envelope_surely_valid(spec):
+        assert not list(_envelope_validator.iter_errors(spec)), spec
+
+
+def test_the_quick_envelope_check_passes_the_usual_shapes() -> None:
+    for spec in (
+        {"job_title": "t", "tasks": [{"record": {}}]},
+        {"job_name": "t", "job_id": str(uuid.uuid4()), "tasks": [{"module": "m", "data": {}}]},
+        {"job_title": "t", "record": {}, "max_attempts": 3, "retries": 0, "time_limit": 1.5},
+    ):
+        assert _envelope_surely_valid(spec)

@@ -51,7 +51,7 @@ else:
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6390/0")
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "sisy.layers.RedisChannelLayer",
         # redis-py >= 8 times reads out after 5 s by default, which breaks the
         # layer's blocking pop: give the socket more than the pop's 5 s.
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}]},

@@ -121,7 +121,7 @@ else:
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "sisy.layers.RedisChannelLayer",
         "CONFIG": {
             # redis-py >= 8 times reads out after 5 s by default, which breaks the
             # layer's blocking pop: give the socket more than the pop's 5 s.

@@ -1,0 +1,161 @@
+"""sisy.layers.RedisChannelLayer on a real Redis: channels-redis's behaviour in one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from channels.exceptions import ChannelFull
+from channels_redis.core import RedisChannelLayer as CoreLayer
+
+from sisy.layers import RedisChannelLayer
+
+#: channels-redis's key for the channel sisy.test: its prefix, then the name.
+KEY = "asgisisy.test"
+
+
+def hosts(redis_url: str) -> list[dict[str, Any]]:
+    return [{"address": redis_url, "socket_timeout": 10}]
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def _closing(*layers: Any) -> None:
+    for layer in layers:
+        await layer.close_pools()
+
+
+def test_a_message_sent_by_one_layer_is_received_by_the_other(redis, redis_url: str) -> None:
+    async def go() -> list[Any]:
+        ours, core = RedisChannelLayer(hosts(redis_url)), CoreLayer(hosts(redis_url))
+        try:
+            # Two channels: two layers receiving on one channel in one process
+            # would race on channels-redis's in-flight backup of that channel.
+            await ours.send("sisy.one", {"type": "a", "n": 1})
+            await core.send("sisy.two", {"type": "b", "n": 2})
+            return [await core.receive("sisy.one"), await ours.receive("sisy.two")]
+        finally:
+            await _closing(ours, core)
+
+    assert run(go()) == [{"type": "a", "n": 1}, {"type": "b", "n": 2}]
+
+
+def test_one_round_trip_per_send(redis, redis_url: str) -> None:
+    redis.config_resetstat()
+
+    async def go() -> None:
+        layer = RedisChannelLayer(hosts(redis_url))
+        try:
+            for n in range(5):
+                await layer.send("sisy.test", {"type": "a", "n": n})
+        finally:
+            await layer.close_pools()
+
+    run(go())
+    stats = redis.info("commandstats")
+    calls = {name: value["calls"] for name, value in stats.items()}
+    # The first send loads the script (EVALSHA answers NOSCRIPT on a new server).
+    # The script's own commands are counted too; none ran on its own.
+    assert calls["cmdstat_zadd"] == 5 and calls["cmdstat_expire"] == 5
+    assert "cmdstat_zcount" not in calls
+    assert calls["cmdstat_evalsha"] - calls.get("cmdstat_script|load", 0) == 5
+    assert redis.zcard(KEY) == 5
+
+
+def test_capacity_is_checked_and_nothing_is_added_past_it(redis, redis_url: str) -> None:
+    async def go() -> int:
+        layer = RedisChannelLayer(hosts(redis_url), capacity=3)
+        try:
+            for n in range(3):
+                await layer.send("sisy.test", {"type": "a", "n": n})
+            with pytest.raises(ChannelFull):
+                await layer.send("sisy.test", {"type": "a", "n": 3})
+            first = await layer.receive("sisy.test")
+            await layer.send("sisy.test", {"type": "a", "n": 4})  # room again
+            return int(first["n"])
+        finally:
+            await layer.close_pools()
+
+    assert run(go()) == 0
+    assert redis.zcard(KEY) == 3
+
+
+def test_per_channel_capacity_applies(redis, redis_url: str) -> None:
+    async def go() -> None:
+        layer = RedisChannelLayer(hosts(redis_url), channel_capacity={"sisy.small": 1})
+        try:
+            await layer.send("sisy.small", {"type": "a"})
+            with pytest.raises(ChannelFull):
+                await layer.send("sisy.small", {"type": "a"})
+            await layer.send("sisy.large", {"type": "a"})
+            await layer.send("sisy.large", {"type": "a"})
+        finally:
+            await layer.close_pools()
+
+    run(go())
+
+
+def test_expired_messages_are_dropped_and_the_key_expires(redis, redis_url: str) -> None:
+    # A message older than `expiry` seconds, left by a sender long ago.
+    redis.zadd(KEY, {b"stale": time.time() - 120})
+    layer = RedisChannelLayer(hosts(redis_url), expiry=60)
+
+    async def send() -> None:
+        await layer.send("sisy.test", {"type": "fresh"})
+        await layer.close_pools()
+
+    async def receive() -> Any:
+        try:
+            return await layer.receive("sisy.test")
+        finally:
+            await layer.close_pools()
+
+    run(send())
+    assert redis.zcard(KEY) == 1
+    assert 0 < redis.ttl(KEY) <= 60
+    assert run(receive()) == {"type": "fresh"}
+
+
+def test_process_local_channels(redis, redis_url: str) -> None:
+    async def go() -> Any:
+        layer = RedisChannelLayer(hosts(redis_url))
+        try:
+            channel = await layer.new_channel()
+            await layer.send(channel, {"type": "reply", "n": 7})
+            return await layer.receive(channel)
+        finally:
+            await layer.close_pools()
+
+    assert run(go()) == {"type": "reply", "n": 7}
+
+
+def test_a_server_that_forgot_the_script_gets_it_again(redis, redis_url: str) -> None:
+    async def go() -> None:
+        layer = RedisChannelLayer(hosts(redis_url))
+        try:
+            await layer.send("sisy.test", {"type": "a"})
+            redis.script_flush()  # as after a restart
+            await layer.send("sisy.test", {"type": "b"})
+        finally:
+            await layer.close_pools()
+
+    run(go())
+    assert redis.zcard(KEY) == 2
+
+
+def test_bad_messages_are_refused_as_by_channels_redis(redis_url: str) -> None:
+    async def go() -> None:
+        layer = RedisChannelLayer(hosts(redis_url))
+        try:
+            with pytest.raises(AssertionError):
+                await layer.send("sisy.test", ["not", "a", "dict"])  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                await layer.send("bad channel name", {"type": "a"})
+        finally:
+            await layer.close_pools()
+
+    run(go())
