@@ -285,11 +285,9 @@ def _prepared_update(
     statement = _updates.get(key)
     if statement is None:
         statement = _updates[key] = _update_statement(connection, model, tuple(values), shape)
-    sql, set_fields, where_fields = statement
-    pairs = zip(set_fields, values.values(), strict=True)
-    params = [_preparer(connection, field)(value) for field, value in pairs]
-    for field, value in zip(where_fields, where.values(), strict=True):
-        prepare = _preparer(connection, field, save=False)
+    sql, set_preparers, where_preparers = statement
+    params = [prepare(value) for prepare, value in zip(set_preparers, values.values(), strict=True)]
+    for prepare, value in zip(where_preparers, where.values(), strict=True):
         if isinstance(value, (list, tuple)):
             if not value:
                 return None
@@ -299,12 +297,13 @@ def _prepared_update(
     return sql, params
 
 
-_updates: dict[tuple[Any, ...], tuple[str, list[Field], list[Field]]] = {}
+_Preparers = list[Callable[[Any], Any]]
+_updates: dict[tuple[Any, ...], tuple[str, _Preparers, _Preparers]] = {}
 
 
 def _update_statement(
     connection: Any, model: type[Model], names: tuple[str, ...], shape: tuple[tuple[str, int], ...]
-) -> tuple[str, list[Field], list[Field]]:
+) -> tuple[str, _Preparers, _Preparers]:
     meta = model._meta
     quote = connection.ops.quote_name
     set_fields = [_field(meta, name) for name in names]
@@ -318,7 +317,11 @@ def _update_statement(
         else:
             conditions.append(f"{column} IN ({', '.join(['%s'] * max(count, 1))})")
     sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"  # noqa: S608
-    return sql, set_fields, where_fields
+    return (
+        sql,
+        [_preparer(connection, f) for f in set_fields],
+        [_preparer(connection, f, save=False) for f in where_fields],
+    )
 
 
 def _field(meta: Any, name: str) -> Field:
