@@ -137,7 +137,9 @@ def _claim_returning(
     if statement is None:
         statement = _claim_sql[key] = _claim_statement(connection, by_pk=pk is not None)
     if connection.vendor != "postgresql":
-        jobs = [job for job in sql.fetch(Job, statement, params, using) if isinstance(job, Job)]
+        with sql.writer_queue.turn(connection):
+            claimed = sql.fetch(Job, statement, params, using)
+        jobs = [job for job in claimed if isinstance(job, Job)]
         _attach_tasks(jobs, using)
         return jobs
     # PostgreSQL: the claim and the read of the tasks are one statement.

@@ -1,0 +1,119 @@
+"""sisy.sql: hot-path statements, and the queue sisy's SQLite writers wait in."""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django.db import connection
+
+import sisy
+from sisy import sql
+from sisy.models import Job, JobTask
+
+
+def fake_sqlite(path: Path | str, in_atomic_block: bool = False) -> Any:
+    return SimpleNamespace(
+        vendor="sqlite", settings_dict={"NAME": str(path)}, in_atomic_block=in_atomic_block
+    )
+
+
+def enters_while_held(db: Any) -> tuple[bool, float]:
+    """Hold the lock file from another open file, try ``turn(db)`` in a thread.
+
+    Returns whether the thread got in while the lock was held, and how long
+    after the release it got in (0 when it did not wait).
+    """
+    lock_path = Path(db.settings_dict["NAME"] + ".sisy-lock")
+    entered = threading.Event()
+    entered_at: list[float] = []
+
+    def writer() -> None:
+        with sql.writer_queue.turn(db):
+            entered_at.append(time.monotonic())
+            entered.set()
+
+    with lock_path.open("a+b") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        early = entered.wait(0.3)
+        released = time.monotonic()
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    thread.join(5)
+    assert entered.is_set()
+    return early, max(0.0, entered_at[0] - released)
+
+
+def test_sqlite_writers_queue_on_a_lock_file_beside_the_database(tmp_path: Path) -> None:
+    early, waited = enters_while_held(fake_sqlite(tmp_path / "db.sqlite3"))
+    assert not early
+    assert waited < 0.2  # woken by the release, not by a poll
+    assert (tmp_path / "db.sqlite3.sisy-lock").exists()
+
+
+def test_a_writer_inside_a_transaction_never_waits_for_the_queue(tmp_path: Path) -> None:
+    # It may hold SQLite's own lock, which the queue's holder could be waiting for.
+    early, _ = enters_while_held(fake_sqlite(tmp_path / "db.sqlite3", in_atomic_block=True))
+    assert early
+
+
+def test_no_queue_for_memory_databases_or_other_vendors(tmp_path: Path) -> None:
+    for db in (
+        fake_sqlite(":memory:"),
+        fake_sqlite("file:memdb1?mode=memory&cache=shared"),
+        SimpleNamespace(vendor="postgresql", settings_dict={"NAME": "x"}, in_atomic_block=False),
+    ):
+        with sql.writer_queue.turn(db):
+            pass
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unwritable_directory_means_no_queue_not_an_error(tmp_path: Path) -> None:
+    db = fake_sqlite(tmp_path / "missing-directory" / "db.sqlite3")
+    with sql.writer_queue.turn(db):
+        pass
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="the queue is for SQLite")
+def test_submit_and_completion_take_their_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    turns: list[bool] = []
+    real = sql.writer_queue.turn
+
+    def counting(db: Any) -> Any:
+        turns.append(db.in_atomic_block)
+        return real(db)
+
+    monkeypatch.setattr(sql.writer_queue, "turn", counting)
+    sisy.submit({"record": {"label": "a"}})
+    assert turns == [False]
+    from sisy.testing import run_jobs
+
+    assert run_jobs() == 1
+    # the claim and the completion each took a turn (then an empty claim)
+    assert turns[1:] == [False, False, False]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fetch_joined_gives_none_for_the_missing_side() -> None:
+    job = sisy.submit({"record": {"label": "a"}})
+    jobs = ", ".join(["%s"] * 1)
+    rows = sql.fetch_joined(
+        (Job, JobTask),
+        f"SELECT {sql.columns(connection, Job, 'j')}, {sql.columns(connection, JobTask, 't')} "
+        f"FROM sisy_job j LEFT JOIN sisy_jobtask t ON t.job_id = j.job_id AND t.position = 5 "
+        f"WHERE j.job_id IN ({jobs})",
+        [Job._meta.pk.get_db_prep_value(job.job_id, connection)],
+        "default",
+    )
+    assert len(rows) == 1
+    fetched, task = rows[0]
+    assert task is None
+    assert isinstance(fetched, Job) and fetched.job_id == job.job_id
+    assert fetched.created_at == Job.objects.get().created_at  # converters applied
