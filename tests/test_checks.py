@@ -51,14 +51,14 @@ def test_in_memory_layer() -> None:
     assert ids(checks.check_channel_layer()) == ["sisy.W001"]
 
 
-@override_settings(
-    CHANNEL_LAYERS={"default": {**REDIS, "CONFIG": {"hosts": ["redis://127.0.0.1:6379"]}}}
-)
-def test_redis_8_socket_timeout() -> None:
+@pytest.mark.parametrize("backend", [REDIS["BACKEND"], "sisy.layers.RedisChannelLayer"])
+def test_redis_8_socket_timeout(backend: str) -> None:
     import redis
 
     expected = ["sisy.W003"] if int(redis.__version__.split(".")[0]) >= 8 else []
-    assert ids(checks.check_channel_layer()) == expected
+    layer = {"BACKEND": backend, "CONFIG": {"hosts": ["redis://127.0.0.1:6379"]}}
+    with override_settings(CHANNEL_LAYERS={"default": layer}):
+        assert ids(checks.check_channel_layer()) == expected
 
 
 @override_settings(
