@@ -214,10 +214,10 @@ def run_child(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int
         return returncode, output.read()
 
 
-def run_ceiling(redis_url: str, messages: int) -> dict[str, Any]:
+def run_ceiling(redis_url: str, messages: int, layer: str) -> dict[str, Any]:
     # fmt: off
     argv = [sys.executable, str(HERE / "bench_ceiling.py"), "--url", redis_url,
-            "--messages", str(messages)]
+            "--messages", str(messages), "--layer", layer]
     # fmt: on
     returncode, output = run_child(argv, driver_env(redis_url, {}), timeout=900)
     lines = output.strip().splitlines()
@@ -459,7 +459,8 @@ def aggregate(report: dict[str, Any]) -> dict[str, Any]:
             s: summary(values_of(runs, s, metric)) for s in systems if s.startswith("sisy")
         }
     ceiling = {
-        key: summary([r["ceiling"][key] for r in runs if r.get("ceiling", {}).get(key)])
+        f"{key}{suffix}": summary([r[run_key][key] for r in runs if r.get(run_key, {}).get(key)])
+        for run_key, suffix in (("ceiling", ""), ("ceiling_sisy", "_sisy"))
         for key in ("end_to_end_per_s", "send_per_s")
     }
     metrics = {m.key: {"label": m.label, "better": m.better} for m in METRICS + MEMORY_METRICS}
@@ -494,14 +495,21 @@ def extra_rows(report: dict[str, Any]) -> list[list[str]]:
             out.append([f"{label}, {SYSTEMS[system][1]}{once}", cell(stats, 1)])
     ceiling = report["summary"]["ceiling"]
     messages = report["sizes"]["ceiling_messages"]
-    if ceiling.get("end_to_end_per_s"):
+    for suffix, name in (("", "channels-redis's layer"), ("_sisy", "sisy.layers")):
+        if not ceiling.get(f"end_to_end_per_s{suffix}"):
+            continue
         out.append(
             [
-                f"Ceiling: channels-redis, 2 processes, {messages:,} messages: messages/s",
-                cell(ceiling["end_to_end_per_s"], count),
+                f"Ceiling: {name}, 2 processes, {messages:,} messages: messages/s",
+                cell(ceiling[f"end_to_end_per_s{suffix}"], count),
             ]
         )
-        out.append(["Ceiling: the sender alone, messages/s", cell(ceiling["send_per_s"], count)])
+        out.append(
+            [
+                f"Ceiling: {name}, the sender alone, messages/s",
+                cell(ceiling[f"send_per_s{suffix}"], count),
+            ]
+        )
     return out
 
 
@@ -573,8 +581,9 @@ def errors(report: dict[str, Any]) -> list[str]:
         for system, result in run["systems"].items():
             if "error" in result:
                 found.append(f"run {index}, {SYSTEMS[system][1]}: {gist(result['error'])}")
-        if "error" in run.get("ceiling", {}):
-            found.append(f"run {index}, ceiling: {gist(run['ceiling']['error'])}")
+        for key in ("ceiling", "ceiling_sisy"):
+            if "error" in run.get(key, {}):
+                found.append(f"run {index}, {key}: {gist(run[key]['error'])}")
     return found
 
 
@@ -861,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["systems"][system] = result
             if "ceiling" in args.selected:
                 log(f"run {index + 1}/{args.runs}: ceiling")
-                run["ceiling"] = run_ceiling(redis_url, args.sizes.ceiling_messages)
+                run["ceiling"] = run_ceiling(redis_url, args.sizes.ceiling_messages, "core")
+                run["ceiling_sisy"] = run_ceiling(redis_url, args.sizes.ceiling_messages, "sisy")
             runs.append(run)
     report["runs"] = runs
     report["load"] = sampler.stop()

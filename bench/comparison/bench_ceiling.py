@@ -1,11 +1,12 @@
-"""The ceiling: raw channels-redis send -> receive throughput between two processes.
+"""The ceiling: raw channel-layer send -> receive throughput between two processes.
 
 No database and no job: one process sends ``--messages`` messages shaped like
 sisy's wake-ups on one channel, one after the other; another process receives
 them. This bounds what any worker built on the same channel layer and Redis can
-reach. Run by bench/compare.py::
+reach. ``--layer core`` measures channels-redis's ``RedisChannelLayer`` (four
+round trips a send), ``--layer sisy`` sisy's (one). Run by bench/compare.py::
 
-    python bench_ceiling.py --url redis://127.0.0.1:6390/0 --messages 20000
+    python bench_ceiling.py --url redis://127.0.0.1:6390/0 --messages 20000 --layer sisy
 
 prints ``{"messages": ..., "send_per_s": ..., "end_to_end_per_s": ...}``.
 The layer's ``capacity`` is raised above the message count so that the sender
@@ -26,17 +27,21 @@ from typing import Any
 
 from channels_redis.core import RedisChannelLayer
 
+import sisy.layers
+
+LAYERS = {"core": RedisChannelLayer, "sisy": sisy.layers.RedisChannelLayer}
+
 CHANNEL = "bench.ceiling"
 
 
-def layer(url: str, messages: int) -> RedisChannelLayer:
-    return RedisChannelLayer(
+def layer(url: str, messages: int, kind: str) -> RedisChannelLayer:
+    return LAYERS[kind](
         hosts=[{"address": url, "socket_timeout": 10}], capacity=messages + 100, expiry=600
     )
 
 
-async def receive(url: str, messages: int) -> dict[str, Any]:
-    channel_layer = layer(url, messages)
+async def receive(url: str, messages: int, kind: str) -> dict[str, Any]:
+    channel_layer = layer(url, messages, kind)
     # Connect before saying ready, so the sender's clock does not include it.
     await channel_layer.connection(0).ping()
     print("ready", flush=True)
@@ -50,8 +55,8 @@ async def receive(url: str, messages: int) -> dict[str, Any]:
     return {"first_received": first, "last_received": last}
 
 
-async def send(url: str, messages: int) -> dict[str, Any]:
-    channel_layer = layer(url, messages)
+async def send(url: str, messages: int, kind: str) -> dict[str, Any]:
+    channel_layer = layer(url, messages, kind)
     await channel_layer.connection(0).ping()
     payloads = [{"type": "sisy.run", "job": str(uuid.uuid4())} for _ in range(messages)]
     started = time.time()
@@ -64,15 +69,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--layer", choices=sorted(LAYERS), default="core")
     parser.add_argument("--receiver", action="store_true", help="(internal) be the receiver")
     args = parser.parse_args()
     if args.receiver:
-        print(json.dumps(asyncio.run(receive(args.url, args.messages))), flush=True)
+        print(json.dumps(asyncio.run(receive(args.url, args.messages, args.layer))), flush=True)
         return
     # fmt: off
     receiver = subprocess.Popen(
         [sys.executable, __file__, "--url", args.url, "--messages", str(args.messages),
-         "--receiver"],
+         "--layer", args.layer, "--receiver"],
         stdout=subprocess.PIPE, text=True,
     )
     # fmt: on
@@ -83,7 +89,7 @@ def main() -> None:
         receiver.kill()
         raise SystemExit("the receiver did not start")
     try:
-        sent = asyncio.run(send(args.url, args.messages))
+        sent = asyncio.run(send(args.url, args.messages, args.layer))
         out, _ = receiver.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         raise SystemExit("the receiver did not get every message within 300 s") from None
