@@ -66,6 +66,11 @@ if os.environ.get("SISY_TEST_DATABASE", "sqlite") == "postgres":
             "TEST": {"NAME": os.environ.get("SISY_TEST_DB_NAME", f"test_sisy_{os.getpid()}")},
         }
     }
+    if os.environ.get("SISY_TEST_PG_SERVER_SIDE_BINDING") == "1":
+        # psycopg's server-side binding, with statements prepared on their
+        # second run: what docs/topics/deployment.rst suggests for busy workers
+        # (tox's *-prepared environments).
+        DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
 else:
     # A file, not :memory:, so that worker processes share it with the tests.
     _db = os.environ.get("SISY_TEST_DB_NAME") or str(

@@ -28,7 +28,7 @@ CI_ENVS = [
     "py310-django52-sqlite",
     "py311-django52-postgres",
     "py312-django60-sqlite",
-    "py313-django61-postgres",
+    "py313-django61-postgres-prepared",  # server-side binding, prepared statements
     "py313-django61-sqlite",
     "qa",
     "docs",
