@@ -33,6 +33,10 @@ if os.environ.get("BENCH_DB", "sqlite") == "postgres":
             "USER": os.environ.get("BENCH_PG_USER", "postgres"),
             "HOST": os.environ.get("BENCH_PG_HOST", "127.0.0.1"),
             "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
+            # bench/drain_ab.py's "prepared" variant (docs/topics/deployment.rst)
+            "OPTIONS": {"server_side_binding": True, "prepare_threshold": 2}
+            if os.environ.get("BENCH_PG_PREPARED") == "1"
+            else {},
         }
     }
 else:
