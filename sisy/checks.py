@@ -66,7 +66,7 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         return [
             checks.Error(
                 f"sisy needs a channel layer, and CHANNEL_LAYERS has no {alias!r} entry.",
-                hint='Add a channels_redis layer: CHANNEL_LAYERS = {"default": {"BACKEND": '
+                hint='Add a Redis channel layer: CHANNEL_LAYERS = {"default": {"BACKEND": '
                 '"sisy.layers.RedisChannelLayer", "CONFIG": {"hosts": ["redis://..."]}}}.',
                 id="sisy.E001",
             )
