@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, router, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from sisy import signals, sql
@@ -38,6 +39,7 @@ RUN_MESSAGE_TYPE = "sisy.run"
 SEND_TIMEOUT = 5.0
 
 T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=Model)
 
 
 class _LoopThread:
@@ -58,6 +60,8 @@ class _LoopThread:
         self._idle.set()
         #: Channels found full, and until when to send nothing more to them.
         self._full_until: dict[tuple[int, str], float] = {}
+        #: Until when callers send nothing themselves (see ``_send_directly``).
+        self.direct_paused_until = 0.0
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         loop = self._ensure()
@@ -101,7 +105,7 @@ class _LoopThread:
                     self._idle.set()
                     return
             for key, (layer, channel, ids) in batch.items():
-                if time.monotonic() < self._full_until.get(key, 0.0):
+                if time.monotonic() < self.full_until(key):
                     continue  # wake-ups are pending there: a woken worker drains
                 # Each woken worker drains the channel: a few wake-ups start as
                 # many workers on a burst as one per job would.
@@ -110,11 +114,23 @@ class _LoopThread:
                     layer, channel, ids[: sisy_settings.SWEEP_MAX_WAKEUPS], on_full=full.append
                 )
                 if full:
-                    self._full_until[key] = time.monotonic() + CHANNEL_FULL_PAUSE
+                    self.note_full(key)
+
+    def idle(self) -> bool:
+        """Whether no wake-up is waiting to be sent."""
+        return self._idle.is_set()
+
+    def full_until(self, key: tuple[int, str]) -> float:
+        """Until when (``time.monotonic()``) nothing is sent to a channel found full."""
+        return self._full_until.get(key, 0.0)
+
+    def note_full(self, key: tuple[int, str]) -> None:
+        self._full_until[key] = time.monotonic() + CHANNEL_FULL_PAUSE
 
     def forget_full_channels(self) -> None:
-        """Send to every channel again at once (tests, after emptying Redis)."""
+        """Send to every channel again at once, directly too (tests, after emptying Redis)."""
         self._full_until.clear()
+        self.direct_paused_until = 0.0
 
     def flush(self, timeout: float) -> bool:
         """Wait until every posted wake-up was sent (or failed); ``False`` on timeout."""
@@ -230,21 +246,48 @@ def store(
 def _rows(
     job_spec: specs.JobSpec, channel: str | None, priority: int, run_after: datetime | None
 ) -> tuple[Job, list[JobTask]]:
-    job = Job(
-        job_id=job_spec.job_id,
-        job_title=job_spec.title,
-        channel=channel or sisy_settings.RUN_CHANNEL,
-        max_attempts=job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
-        retries=job_spec.retries,
-        time_limit=job_spec.time_limit,
-        priority=priority,
-        run_after=run_after,
+    job = _build(
+        Job,
+        {
+            "job_id": job_spec.job_id,
+            "job_title": job_spec.title,
+            "channel": channel or sisy_settings.RUN_CHANNEL,
+            "max_attempts": job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
+            "retries": job_spec.retries,
+            "time_limit": job_spec.time_limit,
+            "priority": priority,
+            "run_after": run_after,
+        },
     )
-    tasks = [
-        JobTask(job=job, position=position, module=task.module, data=task.data)
-        for position, task in enumerate(job_spec.tasks)
-    ]
+    tasks = []
+    for position, task_spec in enumerate(job_spec.tasks):
+        task = _build(
+            JobTask,
+            {
+                "job_id": job.job_id,
+                "position": position,
+                "module": task_spec.module,
+                "data": task_spec.data,
+            },
+        )
+        _task_job.set_cached_value(task, job)  # as JobTask(job=job) would
+        tasks.append(task)
     return job, tasks
+
+
+_task_job = JobTask.job.field
+_field_plans: dict[type[Model], list[tuple[str, Any]]] = {}
+
+
+def _build(model: type[ModelT], values: dict[str, Any]) -> ModelT:
+    """``model(**values)``, by position: Django's quicker way in, as for rows it reads.
+
+    Fields not in ``values`` get their defaults, as with keyword arguments.
+    """
+    plan = _field_plans.get(model)
+    if plan is None:
+        plan = _field_plans[model] = [(f.attname, f) for f in model._meta.concrete_fields]
+    return model(*[values[name] if name in values else f.get_default() for name, f in plan])
 
 
 def submit_many(
@@ -365,15 +408,21 @@ def cancel(job_id: uuid.UUID | str) -> bool:
 
 
 def wake_soon(channel: str, job_ids: Iterable[uuid.UUID | str]) -> None:
-    """Queue the wake-ups of ``job_ids`` on ``channel`` and return without waiting for Redis.
+    """Send the wake-ups of ``job_ids`` on ``channel`` without ever waiting long on Redis.
 
-    What :func:`submit` uses: the caller's time is one hand-over to sisy's
-    sender thread, whether Redis answers in a millisecond or not at all. The
-    thread sends queued wake-ups one after another; of a burst queued while it
-    was busy it sends at most :setting:`SISY_SWEEP_MAX_WAKEUPS` per channel,
-    since each woken worker drains the channel, and to a channel it found full
-    it sends nothing for :data:`CHANNEL_FULL_PAUSE` seconds. A failed send is logged; the
-    job stays queued for a draining worker or the sweep, as with :func:`wake`.
+    What :func:`submit` uses. One wake-up goes straight to Redis from the
+    calling thread when the layer can send synchronously
+    (:meth:`sisy.layers.RedisChannelLayer.send_now`: one round trip, at most
+    :data:`sisy.layers.SEND_NOW_TIMEOUT`), so an idle worker starts the job
+    at once. Otherwise (several wake-ups, another layer, Redis found away in
+    the last :data:`DIRECT_SEND_PAUSE` seconds, wake-ups still queued) the
+    caller's time is one hand-over to sisy's sender thread. The thread sends
+    queued wake-ups one after another; of a burst queued while it was busy it
+    sends at most :setting:`SISY_SWEEP_MAX_WAKEUPS` per channel, since each
+    woken worker drains the channel, and to a channel found full it sends
+    nothing for :data:`CHANNEL_FULL_PAUSE` seconds. A failed send is logged;
+    the job stays queued for a draining worker or the sweep, as with
+    :func:`wake`.
     """
     from channels.layers import get_channel_layer
 
@@ -388,6 +437,10 @@ def wake_soon(channel: str, job_ids: Iterable[uuid.UUID | str]) -> None:
     if layer is None:
         logger.warning("sisy: no channel layer is configured; %d job(s) stay queued", len(ids))
         return
+    if time.monotonic() < _sender.full_until((id(layer), channel)):
+        return  # wake-ups are pending there: a worker they start drains the channel
+    if len(ids) == 1 and _send_directly(layer, channel, ids[0]):
+        return
     if not _sender.post(layer, channel, ids, MAX_PENDING_SENDS):
         logger.warning(
             "sisy: %d wake-ups are already waiting to be sent (Redis slow or away?); "
@@ -395,6 +448,48 @@ def wake_soon(channel: str, job_ids: Iterable[uuid.UUID | str]) -> None:
             MAX_PENDING_SENDS,
             len(ids),
         )
+
+
+#: Seconds :func:`wake_soon` leaves every wake-up to the sender thread after a
+#: direct send failed (Redis away or slow): callers then never wait on Redis.
+DIRECT_SEND_PAUSE = 5.0
+
+
+def _send_directly(layer: Any, channel: str, job_id: uuid.UUID | str) -> bool:
+    """Send one wake-up from the calling thread, if the layer can; ``True`` if it was handled.
+
+    One Redis round trip (:meth:`sisy.layers.RedisChannelLayer.send_now`)
+    instead of a hand-over to the sender thread and an event loop's turn: a
+    worker waiting on the channel starts the job sooner. Not when the sender
+    thread still has wake-ups queued, nor to a channel found full (the
+    wake-ups pending there will start a worker), nor for
+    :data:`DIRECT_SEND_PAUSE` seconds after a direct send failed: then the
+    caller hands over to the thread as before, and waits on nothing.
+    """
+    from channels.exceptions import ChannelFull
+
+    send_now = getattr(layer, "send_now", None)
+    if send_now is None or not _sender.idle():
+        return False
+    if time.monotonic() < _sender.direct_paused_until:
+        return False
+    try:
+        send_now(channel, run_message(job_id))
+    except ChannelFull:
+        _sender.note_full((id(layer), channel))
+        return True  # a woken worker drains the channel and finds the job
+    except Exception as exc:
+        _sender.direct_paused_until = time.monotonic() + DIRECT_SEND_PAUSE
+        logger.warning(
+            "sisy: could not send wake-up on %r (%s: %s); sending from sisy's thread "
+            "for %.0fs, and the sweep sends any wake-up lost",
+            channel,
+            type(exc).__name__,
+            exc,
+            DIRECT_SEND_PAUSE,
+        )
+        return False
+    return True
 
 
 async def _send_logged(

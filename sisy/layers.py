@@ -17,9 +17,11 @@ channels-redis's class read each other's messages. Configure it as the
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from typing import Any
 
+import redis
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer as _CoreLayer
 from redis.exceptions import NoScriptError
@@ -40,10 +42,20 @@ SEND_SCRIPT_SHA = hashlib.sha1(SEND_SCRIPT, usedforsecurity=False).hexdigest()
 
 
 class RedisChannelLayer(_CoreLayer):
-    """channels-redis's core layer, with a send that is one round trip (a Lua script)."""
+    """channels-redis's core layer, with a send that is one round trip (a Lua script).
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Send ``message`` on ``channel``; ``ChannelFull`` when it is at capacity."""
+    It adds :meth:`send_now`, the same send for synchronous code: what
+    :func:`sisy.submit` uses, so that a wake-up reaches Redis before
+    ``submit`` returns without a hop through an event loop.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_clients: dict[int, redis.Redis] = {}
+        self._sync_lock = threading.Lock()
+
+    def _send_args(self, channel: str, message: dict[str, Any]) -> tuple[str, int, tuple[Any, ...]]:
+        """The key, the server index and the script's arguments for one send."""
         # The same checks as channels-redis's send.
         assert isinstance(message, dict), "message is not a dict"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
@@ -63,6 +75,11 @@ class RedisChannelLayer(_CoreLayer):
             self.serialize(message),
             int(self.expiry),
         )
+        return key, index, args
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` on ``channel``; ``ChannelFull`` when it is at capacity."""
+        key, index, args = self._send_args(channel, message)
         connection = self.connection(index)
         try:
             added = await connection.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
@@ -71,3 +88,60 @@ class RedisChannelLayer(_CoreLayer):
             added = await connection.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
         if not added:
             raise ChannelFull()
+
+    def send_now(self, channel: str, message: dict[str, Any]) -> None:
+        """:meth:`send` for synchronous code: one round trip, in the calling thread.
+
+        It uses a synchronous connection pool of its own per server (safe to
+        share between threads, renewed after a fork), built from the same
+        ``hosts`` entry, with :data:`SEND_NOW_TIMEOUT` to connect and to read
+        and no retry: a Redis that is away or slow raises at once
+        (``redis.exceptions.ConnectionError`` or ``TimeoutError``) instead of
+        holding the caller. ``ChannelFull`` as for :meth:`send`.
+        """
+        key, index, args = self._send_args(channel, message)
+        client = self._sync_client(index)
+        try:
+            added = client.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
+        except NoScriptError:
+            client.script_load(SEND_SCRIPT)
+            added = client.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
+        if not added:
+            raise ChannelFull()
+
+    def _sync_client(self, index: int) -> redis.Redis:
+        client = self._sync_clients.get(index)
+        if client is None:
+            with self._sync_lock:
+                client = self._sync_clients.get(index)
+                if client is None:
+                    client = redis.Redis(connection_pool=sync_pool(self.hosts[index]))
+                    self._sync_clients[index] = client
+        return client
+
+
+#: Seconds :meth:`RedisChannelLayer.send_now` waits for Redis to accept a
+#: connection, and then for its answer.
+SEND_NOW_TIMEOUT = 0.5
+
+
+def sync_pool(host: dict[str, Any]) -> redis.ConnectionPool:
+    """A synchronous pool for one ``hosts`` entry, as channels-redis builds its own.
+
+    The timeouts are :data:`SEND_NOW_TIMEOUT` whatever the entry says (its
+    ``socket_timeout`` is meant for the blocking receive); other options are
+    the entry's.
+    """
+    options = dict(host)
+    options["socket_timeout"] = options["socket_connect_timeout"] = SEND_NOW_TIMEOUT
+    if "address" in options:
+        return redis.ConnectionPool.from_url(options.pop("address"), **options)
+    master_name = options.pop("master_name", None)
+    if master_name is not None:
+        from redis.sentinel import Sentinel, SentinelConnectionPool
+
+        sentinel = Sentinel(
+            options.pop("sentinels"), sentinel_kwargs=options.pop("sentinel_kwargs", None)
+        )
+        return SentinelConnectionPool(master_name, sentinel, **options)
+    return redis.ConnectionPool(**options)

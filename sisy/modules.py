@@ -15,6 +15,7 @@ anything else fails with "unknown module" and nothing is imported.
 
 from __future__ import annotations
 
+import operator
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -180,6 +181,7 @@ class ModuleRegistry:
     def __init__(self) -> None:
         self._modules: dict[str, type[Module]] = {}
         self._validators: dict[str, Validator] = {}
+        self._quick: dict[str, Callable[[Any], bool] | None] = {}
         self._lock = threading.Lock()
 
     def register(self, name: str, module_class: type[Module]) -> type[Module]:
@@ -201,12 +203,14 @@ class ModuleRegistry:
             module_class.name = name
             self._modules[name] = module_class
             self._validators[name] = validator
+            self._quick[name] = quick_check(validator)
         return module_class
 
     def unregister(self, name: str) -> None:
         with self._lock:
             self._modules.pop(name, None)
             self._validators.pop(name, None)
+            self._quick.pop(name, None)
 
     def get(self, name: str) -> type[Module]:
         """The module class registered as ``name``; ``KeyError`` when there is none."""
@@ -237,6 +241,9 @@ class ModuleRegistry:
             return [Problem(task, "$", f"unknown module {name!r}")]
         if not isinstance(data, Mapping):
             return [Problem(task, "$", f"data must be a JSON object, not {_json_type(data)}")]
+        quick = self._quick.get(name)
+        if quick is not None and quick(data):
+            return []
         validator = self._validators[name]
         try:
             errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
@@ -265,6 +272,135 @@ def compile_schema(name: str, schema: Any) -> Validator:
             f"sisy module {name!r} has an invalid JSON Schema at {exc.json_path}: {exc.message}"
         ) from exc
     return cls(schema, registry=LOCAL_SCHEMAS, format_checker=cls.FORMAT_CHECKER)
+
+
+#: Keywords that never make data invalid.
+_ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    }
+)
+
+#: What each JSON type surely accepts, by exact Python type: a subclass, a
+#: float that is a whole number or a tuple is left to the validator.
+_SURELY: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: type(v) is str,
+    "integer": lambda v: type(v) is int,
+    "number": lambda v: type(v) is int or type(v) is float,
+    "boolean": lambda v: type(v) is bool,
+    "null": lambda v: v is None,
+    "object": lambda v: type(v) is dict,
+    "array": lambda v: type(v) is list,
+}
+
+
+def quick_check(validator: Validator) -> Callable[[Any], bool] | None:
+    """A fast test that data surely passes ``validator``'s schema, for the common schemas.
+
+    For a schema that is an object with ``properties``, ``required`` and
+    ``additionalProperties: false`` (or absent), each property having a
+    ``type`` and at most ``minimum``/``maximum``, ``minLength``/``maxLength``
+    or an ``enum`` of strings (draft 6 and later), this returns a function
+    that is ``True`` only for data the schema accepts. Anything it is not
+    sure of (``False``) goes to the validator, which reports the problems; a
+    schema with any other keyword gets ``None``: always the validator. A
+    module's data is checked on every submit and again by the worker, and
+    for such schemas this is several times faster than ``jsonschema``.
+    """
+    from jsonschema import Draft3Validator, Draft4Validator
+
+    schema = validator.schema
+    if not isinstance(schema, dict) or isinstance(validator, (Draft3Validator, Draft4Validator)):
+        return None  # older drafts read some of these keywords differently
+    keys = set(schema) - _ANNOTATIONS - {"$schema"}
+    if not keys <= {"type", "properties", "required", "additionalProperties"}:
+        return None
+    if schema.get("type", "object") not in ("object", ["object"]):
+        return None
+    properties, required = schema.get("properties", {}), schema.get("required", [])
+    closed = schema.get("additionalProperties", True)
+    if (
+        not isinstance(properties, dict)
+        or not isinstance(required, list)
+        or closed not in (True, False)
+    ):
+        return None
+    checks = {key: _quick_value(sub) for key, sub in properties.items()}
+    if any(check is None for check in checks.values()):
+        return None
+    tests: dict[Any, Callable[[Any], bool]] = checks  # type: ignore[assignment]
+    needed, open_ = tuple(required), closed is True
+
+    def check(data: Any) -> bool:
+        if type(data) is not dict:
+            return False
+        for key in needed:
+            if key not in data:
+                return False
+        for key, value in data.items():
+            test = tests.get(key)
+            if test is None:
+                if not open_:
+                    return False
+            elif not test(value):
+                return False
+        return True
+
+    return check
+
+
+def _quick_value(schema: Any) -> Callable[[Any], bool] | None:
+    """A property's fast test (see :func:`quick_check`), or ``None`` if it has other keywords."""
+    if schema is True:
+        return lambda v: True
+    if not isinstance(schema, dict):
+        return None
+    keys = set(schema) - _ANNOTATIONS
+    if not keys or not keys <= {"type", "minimum", "maximum", "minLength", "maxLength", "enum"}:
+        return None if keys else (lambda v: True)
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if not isinstance(kinds, list) or not kinds or not all(k in _SURELY for k in kinds):
+        return None
+    tests = [_SURELY[kind] for kind in kinds]
+    bounds: list[Callable[[Any], bool]] = []
+    for word, holds in (("minimum", operator.ge), ("maximum", operator.le)):
+        if word in schema:
+            if type(schema[word]) not in (int, float):
+                return None
+            bounds.append(_number_bound(holds, schema[word]))
+    for word, holds in (("minLength", operator.ge), ("maxLength", operator.le)):
+        if word in schema:
+            if type(schema[word]) is not int:
+                return None
+            bounds.append(_length_bound(holds, schema[word]))
+    if "enum" in schema:
+        allowed = schema["enum"]
+        if not isinstance(allowed, list) or not all(type(item) is str for item in allowed):
+            return None
+        choices = frozenset(allowed)
+        bounds.append(lambda v: type(v) is str and v in choices)
+
+    def check(value: Any) -> bool:
+        return any(test(value) for test in tests) and all(bound(value) for bound in bounds)
+
+    return check
+
+
+def _number_bound(holds: Callable[[Any, Any], bool], bound: float) -> Callable[[Any], bool]:
+    # A bound on numbers says nothing of other values (the type test sees to them).
+    return lambda v: type(v) not in (int, float) or holds(v, bound)
+
+
+def _length_bound(holds: Callable[[Any, Any], bool], bound: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is not str or holds(len(v), bound)
 
 
 def _qualname(cls: type) -> str:

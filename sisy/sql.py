@@ -65,7 +65,7 @@ def insert_together(groups: Sequence[tuple[type[Model], Sequence[Model]]], using
     groups = [(model, objs) for model, objs in groups if objs]
     connection = connections[using]
     if connection.vendor != "postgresql" or len(groups) < 2:
-        with writer_queue.turn(connection), transaction.atomic(using=using):
+        with writer_queue.turn(connection), _write_transaction(connection):
             for model, objs in groups:
                 insert(model, objs, using)
         return
@@ -91,6 +91,32 @@ def insert_together(groups: Sequence[tuple[type[Model], Sequence[Model]]], using
             cursor.execute(sql, params)
     for _, objs in groups:
         _saved(objs, using)
+
+
+@contextlib.contextmanager
+def _write_transaction(connection: Any) -> Iterator[None]:
+    """``transaction.atomic()``, lighter for a few inserts into SQLite outside a transaction.
+
+    There the inserts run between ``BEGIN IMMEDIATE`` and ``COMMIT`` sent
+    as they are (``ROLLBACK`` on any error), without the bookkeeping of
+    ``atomic()`` (savepoint ids, the autocommit switch, on-commit callbacks),
+    which cost more than the inserts. Django's connection stays in autocommit
+    mode throughout, as it sees it, and errors are still Django's. Anywhere
+    else this is ``transaction.atomic()``.
+    """
+    if connection.vendor != "sqlite" or connection.in_atomic_block or not connection.autocommit:
+        with transaction.atomic(using=connection.alias):
+            yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if connection.connection is not None and connection.connection.in_transaction:
+                cursor.execute("ROLLBACK")  # not when SQLite rolled back by itself
+            raise
+        cursor.execute("COMMIT")
 
 
 _fields: dict[str, list[Field]] = {}
@@ -134,8 +160,6 @@ def _plain_pre_save(field: Field) -> bool:
 #: Python types a field of each kind stores as they are (after the backend's
 #: adaptation, for dates), when no conversion is needed.
 _STORED_AS_IS: dict[str, tuple[type, ...]] = {
-    "CharField": (str,),
-    "TextField": (str,),
     "IntegerField": (int,),
     "BigIntegerField": (int,),
     "SmallIntegerField": (int,),
@@ -153,8 +177,8 @@ def _preparer(connection: Any, field: Field, save: bool = True) -> Callable[[Any
     """``field.get_db_prep_save`` (or ``get_db_prep_value``), without its detours.
 
     For the values sisy's hot path writes (``None``, text, numbers, aware
-    datetimes, UUIDs) the result is what the field's own method gives; any
-    other value goes through that method.
+    datetimes, UUIDs, JSON objects and arrays) the result is what the field's
+    own method gives; any other value goes through that method.
     """
     key = (connection.alias, id(field), save)
     found = _preparers.get(key)
@@ -170,6 +194,21 @@ def _preparer(connection: Any, field: Field, save: bool = True) -> Callable[[Any
         def prepare(value: Any) -> Any:
             if value is None or type(value) in types:
                 return value
+            return slow(value, connection)
+
+    elif kind in ("CharField", "TextField") and not field.many_to_one:
+        # A str subclass (a TextChoices member) is stored as it is, as Django does.
+        def prepare(value: Any) -> Any:
+            if value is None or isinstance(value, str):
+                return value
+            return slow(value, connection)
+
+    elif kind == "JSONField" and hasattr(connection.ops, "adapt_json_value"):
+        adapt_json, encoder = connection.ops.adapt_json_value, field.encoder  # type: ignore[attr-defined]
+
+        def prepare(value: Any) -> Any:
+            if type(value) is dict or type(value) is list:
+                return adapt_json(value, encoder)
             return slow(value, connection)
 
     elif kind == "DateTimeField":

@@ -118,13 +118,18 @@ def test_a_full_channel_is_left_alone_for_a_while(redis, monkeypatch) -> None:
 
     layer = get_channel_layer()
     sends: list[str] = []
-    original = type(layer).send
+    original, original_now = type(layer).send, type(layer).send_now
 
     async def counting_send(self, channel: str, message: dict) -> None:
         sends.append(channel)
         await original(self, channel, message)
 
+    def counting_send_now(self, channel: str, message: dict) -> None:
+        sends.append(channel)
+        original_now(self, channel, message)
+
     monkeypatch.setattr(type(layer), "send", counting_send)
+    monkeypatch.setattr(type(layer), "send_now", counting_send_now)
     monkeypatch.setattr(dispatch, "CHANNEL_FULL_PAUSE", 60.0)  # however slow this machine
     for i in range(300):
         sisy.submit({"record": {"label": str(i)}})
@@ -185,3 +190,75 @@ def test_a_taken_job_id_inside_a_transaction_leaves_it_usable() -> None:
 def test_a_job_with_many_tasks_is_stored_whole() -> None:
     job = sisy.submit({"tasks": [{"record": {"label": str(n)}} for n in range(120)]})
     assert [t.data["label"] for t in job.ordered_tasks()] == [str(n) for n in range(120)]
+
+
+def test_one_wakeup_reaches_redis_before_submit_returns(redis, monkeypatch) -> None:
+    # No hand-over to the sender thread: the message is in Redis when submit returns.
+    monkeypatch.setattr(dispatch._sender, "post", _no_post)
+    job = sisy.submit({"record": {"label": "direct"}})
+    assert redis.zcard(WAKEUP_KEY) == 1
+    assert wakeups(redis) == [dispatch.run_message(job.job_id)]
+
+
+def _no_post(*args: object) -> bool:
+    raise AssertionError("the wake-up went to the sender thread")
+
+
+@override_settings(
+    CHANNEL_LAYERS={
+        "default": {
+            "BACKEND": "sisy.layers.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},  # nothing listens there
+        }
+    }
+)
+def test_after_a_failed_direct_send_callers_hand_over_for_a_while(
+    caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    from sisy.layers import RedisChannelLayer
+
+    tried: list[str] = []
+    original_now = RedisChannelLayer.send_now
+
+    def counting_send_now(self, channel: str, message: dict) -> None:
+        tried.append(channel)
+        original_now(self, channel, message)
+
+    monkeypatch.setattr(RedisChannelLayer, "send_now", counting_send_now)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sisy.dispatch"):
+            jobs = [sisy.submit({"record": {"label": str(n)}}) for n in range(3)]
+            assert dispatch.flush()
+        assert tried == ["sisy.run"]  # then the sender thread's, which fail too
+        assert "sending from sisy's thread for 5s" in caplog.text
+        assert "the sweep will send it again" in caplog.text
+        queued = Job.objects.filter(pk__in=[job.pk for job in jobs], status=JobStatus.QUEUED)
+        assert queued.count() == 3
+    finally:
+        dispatch._sender.forget_full_channels()
+
+
+@pytest.mark.skipif(
+    connection.vendor == "postgresql", reason="one statement there, atomic by itself"
+)
+def test_a_failed_task_insert_takes_the_job_row_with_it(monkeypatch) -> None:
+    # Outside a transaction the job and its tasks are still one unit: the job's
+    # row is rolled back when its tasks cannot be stored, and the connection
+    # is left as it was (autocommit, no transaction open).
+    from sisy import sql
+
+    original = sql.insert
+
+    def failing_insert(model, objs, using=None):
+        if model is JobTask:
+            raise RuntimeError("the disk is full")
+        original(model, objs, using)
+
+    monkeypatch.setattr(sql, "insert", failing_insert)
+    with pytest.raises(RuntimeError):
+        sisy.submit({"record": {"label": "lost"}})
+    monkeypatch.undo()
+    assert not Job.objects.exists()
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    job = sisy.submit({"record": {"label": "kept"}})
+    assert Job.objects.get().pk == job.pk

@@ -159,3 +159,47 @@ def test_bad_messages_are_refused_as_by_channels_redis(redis_url: str) -> None:
             await layer.close_pools()
 
     run(go())
+
+
+def test_send_now_is_the_same_send_from_synchronous_code(redis, redis_url: str) -> None:
+    layer = RedisChannelLayer(hosts(redis_url), capacity=2)
+    redis.config_resetstat()
+    layer.send_now("sisy.test", {"type": "a", "n": 1})
+    redis.script_flush()  # as after a restart: loaded again
+    layer.send_now("sisy.test", {"type": "a", "n": 2})
+    with pytest.raises(ChannelFull):
+        layer.send_now("sisy.test", {"type": "a", "n": 3})
+    calls = {name: value["calls"] for name, value in redis.info("commandstats").items()}
+    assert calls["cmdstat_zadd"] == 2 and "cmdstat_zcount" not in calls
+    assert 0 < redis.ttl(KEY) <= 60
+
+    async def receive() -> list[Any]:
+        core = CoreLayer(hosts(redis_url))
+        try:
+            return [await core.receive("sisy.test"), await core.receive("sisy.test")]
+        finally:
+            await core.close_pools()
+
+    assert run(receive()) == [{"type": "a", "n": 1}, {"type": "a", "n": 2}]
+
+
+def test_send_now_gives_up_at_once_on_a_redis_that_is_away() -> None:
+    import redis.exceptions
+
+    layer = RedisChannelLayer([{"address": "redis://127.0.0.1:1/0", "socket_timeout": 30}])
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        layer.send_now("sisy.test", {"type": "a"})
+    assert time.monotonic() - started < 5  # no retries with backoff, not the entry's 30 s
+
+
+def test_send_now_uses_the_sentinel_form_of_a_host() -> None:
+    from redis.sentinel import SentinelConnectionPool
+
+    from sisy.layers import SEND_NOW_TIMEOUT, sync_pool
+
+    pool = sync_pool(
+        {"master_name": "mymaster", "sentinels": [("127.0.0.1", 26379)], "socket_timeout": 30}
+    )
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.connection_kwargs["socket_timeout"] == SEND_NOW_TIMEOUT

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from sisy.modules import Module, ModuleRegistry, register, registry
+from sisy.modules import Module, ModuleRegistry, compile_schema, quick_check, register, registry
 
 
 @pytest.fixture
@@ -135,3 +137,132 @@ def test_module_lifecycle_defaults() -> None:
     module.progress(0.5)  # no reporter outside a worker: a no-op
     with pytest.raises(NotImplementedError):
         module.run()
+
+
+# --------------------------------------------------------------------------- the quick check
+
+_kinds = st.sampled_from(["string", "integer", "number", "boolean", "null", "object", "array"])
+_short_text = st.text(alphabet="ab", max_size=3)
+_numbers = st.one_of(st.integers(-5, 5), st.floats(-5, 5, allow_nan=False))
+_types = st.one_of(_kinds, st.lists(_kinds, min_size=1, max_size=3, unique=True))
+_keywords = {
+    "minimum": _numbers,
+    "maximum": _numbers,
+    "minLength": st.integers(0, 3),
+    "maxLength": st.integers(0, 3),
+    "enum": st.lists(_short_text, min_size=1, max_size=3, unique=True),
+    "title": st.text(max_size=3),
+}
+_property_schemas = st.one_of(
+    st.just(True),
+    st.just({}),
+    # One keyword beside the type, each as likely as the others...
+    *(st.fixed_dictionaries({"type": _types, word: values}) for word, values in _keywords.items()),
+    # ... and any mix of them.
+    st.fixed_dictionaries({"type": _types}, optional=_keywords),
+)
+_names = st.sampled_from(["a", "b", "n"])
+_schemas = st.fixed_dictionaries(
+    {"properties": st.dictionaries(_names, _property_schemas, max_size=4)},
+    optional={
+        "type": st.just("object"),
+        "required": st.lists(_names, max_size=3, unique=True),
+        "additionalProperties": st.booleans(),
+        "$schema": st.sampled_from(
+            [
+                "https://json-schema.org/draft/2020-12/schema",
+                "http://json-schema.org/draft-07/schema#",
+                "http://json-schema.org/draft-06/schema#",
+                "http://json-schema.org/draft-04/schema#",
+            ]
+        ),
+    },
+)
+_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-10, 10),
+        st.floats(-10, 10),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=4),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=2), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(schema=_schemas, draw=st.data())
+def test_the_quick_check_never_passes_what_the_schema_refuses(schema: dict, draw) -> None:
+    try:
+        validator = compile_schema("quick", schema)
+    except ImproperlyConfigured:  # e.g. an empty enum in a draft that forbids it
+        assume(False)
+    quick = quick_check(validator)
+    # Mostly the schema's own names, so that the values are what gets tested.
+    names = st.sampled_from(sorted(schema["properties"]) or ["a"])
+    values = st.one_of(st.integers(-10, 10), st.floats(-10, 10), _short_text, _values)
+    data = draw.draw(st.dictionaries(st.one_of(names, names, _names), values, max_size=3))
+    if quick is not None and quick(data):
+        assert not list(validator.iter_errors(data)), (schema, data)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "good", "bad"),
+    [
+        ({"type": "integer", "minimum": 3}, [3, 4], [2, -2, 3.5, "3", True, None]),
+        ({"type": "number", "maximum": 3}, [3, 2.5, -1], [3.5, 4, "1", False]),
+        ({"type": "string", "minLength": 2}, ["ab", "abc"], ["a", "", 12]),
+        ({"type": "string", "maxLength": 2}, ["", "ab"], ["abc", ["a"]]),
+        ({"type": "string", "enum": ["x", "y"]}, ["x", "y"], ["z", "", 1]),
+        ({"type": ["string", "null"]}, ["", None], [0, [], {}]),
+        ({"type": "boolean"}, [True, False], [0, 1, "true", None]),
+        ({"type": "array"}, [[], [1]], [(), "[]", {}]),
+        ({"type": "object"}, [{}, {"k": 1}], [[], "{}"]),
+    ],
+)
+def test_the_quick_check_at_each_keyword_s_edges(keywords: dict, good: list, bad: list) -> None:
+    schema = {"properties": {"v": keywords}, "required": ["v"], "additionalProperties": False}
+    validator = compile_schema("edges", schema)
+    quick = quick_check(validator)
+    assert quick is not None
+    for value in good:
+        assert quick({"v": value}), value
+    for value in bad:
+        assert not quick({"v": value}), value
+        assert not validator.is_valid({"v": value}) or isinstance(value, (float, tuple)), value
+    assert not quick({}) and not quick({"v": good[0], "other": 1})
+
+
+def test_the_quick_check_covers_the_usual_schemas_and_no_others() -> None:
+    echo = {
+        "type": "object",
+        "required": ["n"],
+        "properties": {"n": {"type": "integer", "minimum": 0}, "note": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    quick = quick_check(compile_schema("echo", echo))
+    assert quick is not None
+    assert quick({"n": 3}) and quick({"n": 3, "note": "x"})
+    assert not quick({"n": -1}) and not quick({"n": 3.0}) and not quick({"n": 1, "x": 2})
+    for unusual in (
+        {"properties": {"when": {"type": "string", "format": "date"}}},  # formats are checked
+        {"properties": {"n": {"$ref": "#/$defs/n"}}, "$defs": {"n": {"type": "integer"}}},
+        {"patternProperties": {"^x": {"type": "string"}}},
+        {"properties": {"n": {"type": "integer", "exclusiveMinimum": 0}}},
+        {"$schema": "http://json-schema.org/draft-04/schema#", "properties": {}},
+    ):
+        assert quick_check(compile_schema("unusual", unusual)) is None, unusual
+
+
+def test_the_registry_reports_what_the_quick_check_is_unsure_of(fresh: ModuleRegistry) -> None:
+    class Counted(Module):
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+    fresh.register("counted", Counted)
+    assert fresh.validate("counted", {"n": 1}) == []
+    assert [p.path for p in fresh.validate("counted", {"n": "one"})] == ["$.n"]
+    assert [p.message for p in fresh.validate("counted", {})] == ["'n' is a required property"]
