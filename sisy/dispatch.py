@@ -276,18 +276,30 @@ def _rows(
 
 
 _task_job = JobTask.job.field
-_field_plans: dict[type[Model], list[tuple[str, Any]]] = {}
+_field_plans: dict[type[Model], list[tuple[str, Any, Callable[[], Any] | None]]] = {}
 
 
 def _build(model: type[ModelT], values: dict[str, Any]) -> ModelT:
     """``model(**values)``, by position: Django's quicker way in, as for rows it reads.
 
-    Fields not in ``values`` get their defaults, as with keyword arguments.
+    Fields not in ``values`` get their defaults, as with keyword arguments: a
+    callable default is called for each row, any other is the field's value
+    (the very object ``get_default()`` returns each time).
     """
     plan = _field_plans.get(model)
     if plan is None:
-        plan = _field_plans[model] = [(f.attname, f) for f in model._meta.concrete_fields]
-    return model(*[values[name] if name in values else f.get_default() for name, f in plan])
+        plan = _field_plans[model] = [
+            (f.attname, None, f.get_default)
+            if f.has_default() and callable(f.default)
+            else (f.attname, f.get_default(), None)
+            for f in model._meta.concrete_fields
+        ]
+    return model(
+        *[
+            values[name] if name in values else (default() if default else value)
+            for name, value, default in plan
+        ]
+    )
 
 
 def submit_many(
@@ -468,13 +480,15 @@ def _send_directly(layer: Any, channel: str, job_id: uuid.UUID | str) -> bool:
     """
     from channels.exceptions import ChannelFull
 
-    send_now = getattr(layer, "send_now", None)
+    # Looked up on the class: some layers (channels-redis's pub/sub one) answer
+    # any attribute through an event loop, which this thread may not have.
+    send_now = getattr(type(layer), "send_now", None)
     if send_now is None or not _sender.idle():
         return False
     if time.monotonic() < _sender.direct_paused_until:
         return False
     try:
-        send_now(channel, run_message(job_id))
+        send_now(layer, channel, run_message(job_id))
     except ChannelFull:
         _sender.note_full((id(layer), channel))
         return True  # a woken worker drains the channel and finds the job

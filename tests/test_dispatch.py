@@ -262,3 +262,21 @@ def test_a_failed_task_insert_takes_the_job_row_with_it(monkeypatch) -> None:
     assert connection.get_autocommit() and not connection.in_atomic_block
     job = sisy.submit({"record": {"label": "kept"}})
     assert Job.objects.get().pk == job.pk
+
+
+def test_a_layer_without_send_now_gets_its_wakeups_from_the_sender_thread(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # channels-redis's pub/sub layer answers any attribute through an event
+    # loop, which the submitting thread has none of.
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [redis_url]},
+        }
+    }
+    with override_settings(CHANNEL_LAYERS=layers), caplog.at_level(logging.WARNING):
+        job = sisy.submit({"record": {"label": "pubsub"}})
+        assert dispatch.flush()
+    assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+    assert "could not send" not in caplog.text
