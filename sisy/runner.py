@@ -131,7 +131,9 @@ def _claim_returning(
         pk_value = Job._meta.pk.get_db_prep_value(pk, connection)
         params = [*claimed, pk_value, JobStatus.QUEUED, channel, when(now)]
     else:
-        params = [JobStatus.QUEUED, channel, when(now), limit, *claimed, JobStatus.QUEUED]
+        params = [JobStatus.QUEUED, channel, when(now), limit, *claimed]
+        if connection.vendor != "postgresql":  # see _claim_statement
+            params.append(JobStatus.QUEUED)
     key = (using, pk is not None)
     statement = _claim_sql.get(key)
     if statement is None:
@@ -176,10 +178,21 @@ def _claim_statement(connection: Any, by_pk: bool) -> str:
             f"picked AS (SELECT {column['job_id']} FROM {table} WHERE {claimable} "  # noqa: S608
             f"ORDER BY {column['priority']} DESC, {column['created_at']} LIMIT %s{lock})"
         )
-        update += (
-            f"WHERE {column['job_id']} IN (SELECT {column['job_id']} FROM picked) "  # noqa: S608
-            f"AND {column['status']} = %s{returning}"
-        )
+        picked = f"SELECT {column['job_id']} FROM picked"  # noqa: S608 (identifiers)
+        if connection.vendor == "postgresql":
+            # The picked ids as an array, and no second look at the status:
+            # the update then finds the rows by primary key whatever the
+            # planner believes of the table. With ``IN (...)`` or a status
+            # condition and no fresh statistics (a queue table's size swings;
+            # after a TRUNCATE there are none) it scanned every queued row
+            # instead: 8 ms for 10 jobs out of 3,000. The status needs no
+            # second look there: FOR UPDATE rechecks the picked rows' status
+            # on their latest version and holds them locked until the commit.
+            update += f"WHERE {column['job_id']} = ANY(ARRAY({picked})){returning}"
+        else:
+            update += (
+                f"WHERE {column['job_id']} IN ({picked}) AND {column['status']} = %s{returning}"
+            )
     if connection.vendor != "postgresql":
         return f"WITH {ctes[0]} {update}" if ctes else update
     # The claimed rows joined to their tasks, in one statement.
