@@ -6,12 +6,9 @@ body is logged and dropped, never raised into the worker.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,6 +26,10 @@ class _TolerantConsumer(SyncConsumer):
     # Channels would also make each instance listen on a private channel of
     # its own in Redis, and a Redis restart would kill the instance.
     channel_layer_alias = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
 
     async def dispatch(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -49,30 +50,17 @@ class _TolerantConsumer(SyncConsumer):
         # worker would connect again for every wake-up (about 10 ms on
         # PostgreSQL). The runner keeps healthy connections and replaces
         # broken or old ones itself (sisy.runner.refresh_connections).
-        # Nor sync_to_async: the handlers need one thread of their own (their
-        # database connections live there), not asgiref's thread-sensitive
-        # machinery, which costs about 0.1 ms per wake-up.
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_handler_thread(), getattr(self, handler_name), message)
+        # asgiref's thread-sensitive thread, as SyncConsumer uses: there an
+        # ``async_to_sync`` call (an ``async def`` task) runs on the worker's
+        # own event loop. The wrapper is made once per consumer and handler.
+        handler = self._sync_handlers.get(handler_name)
+        if handler is None:
+            handler = sync_to_async(getattr(self, handler_name), thread_sensitive=True)
+            self._sync_handlers[handler_name] = handler
+        await handler(message)
 
     def _channel(self) -> str:
         return str(self.scope.get("channel", "?"))
-
-
-_executor: ThreadPoolExecutor | None = None
-_executor_pid = 0
-_executor_lock = threading.Lock()
-
-
-def _handler_thread() -> ThreadPoolExecutor:
-    """The one thread of this process that runs sisy's synchronous handlers, in turn."""
-    global _executor, _executor_pid
-    if _executor is None or _executor_pid != os.getpid():
-        with _executor_lock:
-            if _executor is None or _executor_pid != os.getpid():  # new, or inherited by fork
-                _executor = ThreadPoolExecutor(1, thread_name_prefix="sisy-handler")
-                _executor_pid = os.getpid()
-    return _executor
 
 
 class RunConsumer(_TolerantConsumer):

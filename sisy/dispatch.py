@@ -12,6 +12,7 @@ import atexit
 import concurrent.futures
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -213,9 +214,10 @@ def store(
     ``priority``: among the queued jobs of a channel, a worker starts the
     highest first (then the oldest). ``run_after``: the job is not started
     before this time; its wake-up is sent by the clock once it is due, not now.
-    ``ValueError`` names a bad ``priority`` or ``run_after``; nothing is stored.
+    ``ValueError`` names a bad ``priority``, ``run_after`` or ``channel`` (see
+    :data:`CHANNEL_NAME`); nothing is stored.
     """
-    _check_schedule(priority, run_after)
+    _check_options(priority, run_after, channel)
     job, tasks = _rows(job_spec, channel, priority, run_after)
     using = router.db_for_write(Job)
     try:
@@ -319,7 +321,7 @@ def submit_many(
     per job would only cost Redis round trips. ``job_queued`` is sent for
     every job. The other arguments are as for :func:`submit`, for all jobs.
     """
-    _check_schedule(priority, run_after)
+    _check_options(priority, run_after, channel)
     parsed: list[specs.JobSpec] = []
     problems: list[Problem] = []
     for index, spec in enumerate(job_specs):
@@ -366,7 +368,17 @@ def submit_many(
     return jobs
 
 
-def _check_schedule(priority: Any, run_after: Any) -> None:
+#: What a job's channel may be called: Channels' rule for a channel name that
+#: is not process-local (no ``!``), under its 100 characters.
+CHANNEL_NAME = re.compile(r"[a-zA-Z\d\-_.]{1,99}")
+
+
+def _check_options(priority: Any, run_after: Any, channel: Any) -> None:
+    if channel is not None and not (isinstance(channel, str) and CHANNEL_NAME.fullmatch(channel)):
+        raise ValueError(
+            "channel must be a channel name (ASCII letters, digits, '-', '_' and '.', "
+            f"fewer than 100 characters), not {channel!r}"
+        )
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ValueError(f"priority must be an integer, not {priority!r}")
     if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
@@ -478,6 +490,7 @@ def _send_directly(layer: Any, channel: str, job_id: uuid.UUID | str) -> bool:
     :data:`DIRECT_SEND_PAUSE` seconds after a direct send failed: then the
     caller hands over to the thread as before, and waits on nothing.
     """
+    import redis.exceptions
     from channels.exceptions import ChannelFull
 
     # Looked up on the class: some layers (channels-redis's pub/sub one) answer
@@ -493,6 +506,12 @@ def _send_directly(layer: Any, channel: str, job_id: uuid.UUID | str) -> bool:
         _sender.note_full((id(layer), channel))
         return True  # a woken worker drains the channel and finds the job
     except Exception as exc:
+        if not isinstance(
+            exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        ):
+            # Not Redis being away (a channel name the layer refuses, say):
+            # other channels' sends are fine, and the thread will say why.
+            return False
         _sender.direct_paused_until = time.monotonic() + DIRECT_SEND_PAUSE
         logger.warning(
             "sisy: could not send wake-up on %r (%s: %s); sending from sisy's thread "

@@ -106,8 +106,10 @@ class RedisChannelLayer(_CoreLayer):
         except NoScriptError:
             client.script_load(SEND_SCRIPT)
             added = client.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
-        if not added:
+        if added == 0:
             raise ChannelFull()
+        if added != 1:  # not the script's answer: say so rather than claim a send
+            raise RuntimeError(f"unexpected answer to a send from Redis: {added!r}")
 
     def _sync_client(self, index: int) -> redis.Redis:
         client = self._sync_clients.get(index)
@@ -125,23 +127,51 @@ class RedisChannelLayer(_CoreLayer):
 SEND_NOW_TIMEOUT = 0.5
 
 
+#: ``hosts`` options that hold objects made for redis-py's asyncio client (a
+#: retry policy, a connection or parser class, ...): a synchronous pool
+#: cannot use them, so :func:`sync_pool` leaves them out.
+ASYNC_ONLY_OPTIONS = frozenset(
+    {
+        "retry",
+        "connection_class",
+        "parser_class",
+        "redis_connect_func",
+        "encoder_class",
+        "event_dispatcher",
+        "credential_provider",
+    }
+)
+
+
 def sync_pool(host: dict[str, Any]) -> redis.ConnectionPool:
     """A synchronous pool for one ``hosts`` entry, as channels-redis builds its own.
 
-    The timeouts are :data:`SEND_NOW_TIMEOUT` whatever the entry says (its
-    ``socket_timeout`` is meant for the blocking receive); other options are
-    the entry's.
+    Every timeout is :data:`SEND_NOW_TIMEOUT`, whatever the entry or its
+    address's query string says (the entry's ``socket_timeout`` is meant for
+    the blocking receive), with no retry, for the sentinels too. The options
+    in :data:`ASYNC_ONLY_OPTIONS` are left out; the others are the entry's.
     """
-    options = dict(host)
-    options["socket_timeout"] = options["socket_connect_timeout"] = SEND_NOW_TIMEOUT
-    if "address" in options:
-        return redis.ConnectionPool.from_url(options.pop("address"), **options)
-    master_name = options.pop("master_name", None)
-    if master_name is not None:
-        from redis.sentinel import Sentinel, SentinelConnectionPool
+    from redis.backoff import NoBackoff
+    from redis.connection import parse_url
+    from redis.retry import Retry
 
-        sentinel = Sentinel(
-            options.pop("sentinels"), sentinel_kwargs=options.pop("sentinel_kwargs", None)
-        )
-        return SentinelConnectionPool(master_name, sentinel, **options)
-    return redis.ConnectionPool(**options)
+    options = {key: value for key, value in host.items() if key not in ASYNC_ONLY_OPTIONS}
+    if "address" in options:
+        # What the address says, then the timeouts (from_url would let the
+        # address's query string override them).
+        options.update(parse_url(options.pop("address")))
+    timeouts = {"socket_timeout": SEND_NOW_TIMEOUT, "socket_connect_timeout": SEND_NOW_TIMEOUT}
+    options.update(timeouts)
+    master_name = options.pop("master_name", None)
+    if master_name is None:
+        return redis.ConnectionPool(**options)
+    from redis.sentinel import Sentinel, SentinelConnectionPool
+
+    asked = options.pop("sentinel_kwargs", None) or {}
+    sentinel_options = {
+        **{key: value for key, value in asked.items() if key not in ASYNC_ONLY_OPTIONS},
+        **timeouts,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    sentinel = Sentinel(options.pop("sentinels"), sentinel_kwargs=sentinel_options)
+    return SentinelConnectionPool(master_name, sentinel, **options)

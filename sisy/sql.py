@@ -112,11 +112,29 @@ def _write_transaction(connection: Any) -> Iterator[None]:
         cursor.execute("BEGIN IMMEDIATE")
         try:
             yield
+            cursor.execute("COMMIT")
         except BaseException:
-            if connection.connection is not None and connection.connection.in_transaction:
-                cursor.execute("ROLLBACK")  # not when SQLite rolled back by itself
+            _roll_back(connection, cursor)
             raise
-        cursor.execute("COMMIT")
+
+
+def _roll_back(connection: Any, cursor: Any) -> None:
+    """End the transaction ``_write_transaction`` began, whatever failed (a COMMIT too).
+
+    A COMMIT that fails ("database is locked" while a reader holds the file,
+    in SQLite's rollback-journal mode) leaves the transaction open; left so,
+    the connection would hold SQLite's lock while Django believes it is in
+    autocommit mode. If even the ROLLBACK fails, the connection is closed:
+    the next query opens a fresh one. The original error is what the caller sees.
+    """
+    raw = connection.connection
+    if raw is None or not raw.in_transaction:
+        return  # SQLite rolled back by itself
+    try:
+        cursor.execute("ROLLBACK")
+    except Exception:
+        logger.warning("sisy: could not roll back a failed write; closing the connection")
+        connection.close()
 
 
 _fields: dict[str, list[Field]] = {}

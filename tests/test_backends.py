@@ -596,6 +596,7 @@ class TestOnRealWorkers:
         results = {
             "add": tasks.add.enqueue(2, 3),
             "async": tasks.async_add.enqueue(40, 2),
+            "loop": tasks.on_the_worker_loop.enqueue(),
             "context": tasks.about_myself.enqueue("ctx"),
             "explode": tasks.explode.enqueue("kaput"),
             "async api": async_to_sync(tasks.echo.aenqueue)("a", k=[1, 2]),
@@ -605,6 +606,7 @@ class TestOnRealWorkers:
         assert results["add"].return_value == 5
         assert results["add"].worker_ids == ["tasks-1"]
         assert results["async"].return_value == 42
+        assert results["loop"].return_value is True
         assert results["context"].return_value["worker_ids"] == ["tasks-1"]
         assert results["context"].return_value["id"] == results["context"].id
         assert results["async api"].return_value == {"args": ["a"], "kwargs": {"k": [1, 2]}}

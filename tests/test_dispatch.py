@@ -280,3 +280,55 @@ def test_a_layer_without_send_now_gets_its_wakeups_from_the_sender_thread(
         assert dispatch.flush()
     assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
     assert "could not send" not in caplog.text
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own transaction handling")
+def test_a_failed_commit_leaves_no_transaction_open(monkeypatch) -> None:
+    # As when a reader holds the file in rollback-journal mode: COMMIT fails
+    # with "database is locked" and SQLite keeps the transaction open.
+    from django.db import OperationalError
+    from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+
+    original = SQLiteCursorWrapper.execute
+    failures = []
+
+    def locked_commit(self, query, params=None):
+        if query == "COMMIT" and not failures:
+            failures.append(query)
+            raise OperationalError("database is locked")
+        return original(self, query, params)
+
+    monkeypatch.setattr(SQLiteCursorWrapper, "execute", locked_commit)
+    with pytest.raises(OperationalError):
+        sisy.submit({"record": {"label": "lost"}})
+    assert failures and not connection.connection.in_transaction
+    assert not Job.objects.exists()
+    job = sisy.submit({"record": {"label": "kept"}})
+    assert list(Job.objects.values_list("pk", flat=True)) == [job.pk]
+
+
+def test_an_error_that_is_not_redis_away_does_not_pause_direct_sends(redis, monkeypatch) -> None:
+    from sisy.layers import RedisChannelLayer
+
+    original = RedisChannelLayer.send_now
+
+    def refusing(self, channel: str, message: dict) -> None:
+        if message["job"] == refused:
+            raise TypeError("the layer refuses this")
+        original(self, channel, message)
+
+    monkeypatch.setattr(RedisChannelLayer, "send_now", refusing)
+    refused = str(sisy.submit({"record": {"label": "refused"}}).job_id)
+    assert dispatch.flush()  # the sender thread tried it too, and said why
+    assert dispatch._sender.direct_paused_until == 0.0  # Redis was never the problem
+    sisy.submit({"record": {"label": "sent"}})
+    assert redis.zcard(WAKEUP_KEY) == 2  # at once: sent directly
+
+
+@pytest.mark.parametrize("channel", ["no spaces", "", "x" * 100, "local!name", 7])
+def test_a_channel_name_the_layer_would_refuse_is_a_value_error(channel: object) -> None:
+    with pytest.raises(ValueError, match="channel must be a channel name"):
+        sisy.submit({"record": {"label": "a"}}, channel=channel)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="channel must be a channel name"):
+        sisy.submit_many([{"record": {"label": "a"}}], channel=channel)  # type: ignore[arg-type]
+    assert not Job.objects.exists()

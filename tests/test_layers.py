@@ -199,7 +199,37 @@ def test_send_now_uses_the_sentinel_form_of_a_host() -> None:
     from sisy.layers import SEND_NOW_TIMEOUT, sync_pool
 
     pool = sync_pool(
-        {"master_name": "mymaster", "sentinels": [("127.0.0.1", 26379)], "socket_timeout": 30}
+        {
+            "master_name": "mymaster",
+            "sentinels": [("127.0.0.1", 26379)],
+            "socket_timeout": 30,
+            "sentinel_kwargs": {"socket_timeout": 30, "password": "s3cret"},
+        }
     )
     assert isinstance(pool, SentinelConnectionPool)
     assert pool.connection_kwargs["socket_timeout"] == SEND_NOW_TIMEOUT
+    # The sentinels are asked with the same short timeouts and no retry.
+    (sentinel,) = pool.sentinel_manager.sentinels
+    options = sentinel.connection_pool.connection_kwargs
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == SEND_NOW_TIMEOUT
+    assert options["password"] == "s3cret"
+    assert sentinel.get_retry()._retries == 0
+
+
+def test_send_now_keeps_its_timeouts_and_leaves_out_asyncio_objects() -> None:
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+
+    from sisy.layers import SEND_NOW_TIMEOUT, sync_pool
+
+    pool = sync_pool(
+        {
+            "address": "redis://127.0.0.1:1/3?socket_timeout=30&socket_connect_timeout=30",
+            "retry": AsyncRetry(NoBackoff(), 3),  # made for redis.asyncio: no use here
+            "health_check_interval": 7,
+        }
+    )
+    options = pool.connection_kwargs
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == SEND_NOW_TIMEOUT
+    assert options["db"] == 3 and options["health_check_interval"] == 7
+    assert "retry" not in options

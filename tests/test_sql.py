@@ -128,7 +128,7 @@ def _comparable(value: Any) -> Any:
 @pytest.mark.django_db
 def test_the_quick_preparers_give_what_the_fields_give() -> None:
     import uuid
-    from datetime import UTC, datetime
+    from datetime import datetime, timezone
 
     from sisy.models import JobStatus
 
@@ -140,7 +140,7 @@ def test_the_quick_preparers_give_what_the_fields_give() -> None:
         7,
         2.5,
         True,
-        datetime(2026, 12, 3, 13, 0, tzinfo=UTC),
+        datetime(2026, 12, 3, 13, 0, tzinfo=timezone.utc),
         uuid.UUID("6f1c2a9e-2f55-4a4a-8a0e-5b7d6b1d9c01"),
         {"n": 1, "nested": [1, "a", None]},
         [1, 2],

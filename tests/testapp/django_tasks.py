@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 import time
 from typing import Any
 
@@ -64,6 +65,12 @@ def about_myself(context: TaskContext, label: str) -> dict[str, Any]:
 async def async_add(a: int, b: int) -> int:
     await asyncio.sleep(0.01)
     return a + b
+
+
+@task
+async def on_the_worker_loop() -> bool:
+    """Whether this runs on the worker's own event loop (its main thread), as documented."""
+    return threading.current_thread() is threading.main_thread()
 
 
 @task
