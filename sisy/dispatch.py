@@ -485,10 +485,10 @@ def _send_directly(layer: Any, channel: str, job_id: uuid.UUID | str) -> bool:
     One Redis round trip (:meth:`sisy.layers.RedisChannelLayer.send_now`)
     instead of a hand-over to the sender thread and an event loop's turn: a
     worker waiting on the channel starts the job sooner. Not when the sender
-    thread still has wake-ups queued, nor to a channel found full (the
-    wake-ups pending there will start a worker), nor for
-    :data:`DIRECT_SEND_PAUSE` seconds after a direct send failed: then the
-    caller hands over to the thread as before, and waits on nothing.
+    thread still has wake-ups queued, nor for :data:`DIRECT_SEND_PAUSE`
+    seconds after Redis was found away: then the caller hands over to the
+    thread as before, and waits on nothing. (A channel found full gets
+    nothing at all for a while: :func:`wake_soon` checks that first.)
     """
     import redis.exceptions
     from channels.exceptions import ChannelFull
