@@ -86,8 +86,7 @@ class RedisChannelLayer(_CoreLayer):
         except NoScriptError:  # a new or restarted server: load the script once
             await connection.script_load(SEND_SCRIPT)
             added = await connection.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
-        if not added:
-            raise ChannelFull()
+        _check_added(added)
 
     def send_now(self, channel: str, message: dict[str, Any]) -> None:
         """:meth:`send` for synchronous code: one round trip, in the calling thread.
@@ -106,10 +105,7 @@ class RedisChannelLayer(_CoreLayer):
         except NoScriptError:
             client.script_load(SEND_SCRIPT)
             added = client.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
-        if added == 0:
-            raise ChannelFull()
-        if added != 1:  # not the script's answer: say so rather than claim a send
-            raise RuntimeError(f"unexpected answer to a send from Redis: {added!r}")
+        _check_added(added)
 
     def _sync_client(self, index: int) -> redis.Redis:
         client = self._sync_clients.get(index)
@@ -120,6 +116,14 @@ class RedisChannelLayer(_CoreLayer):
                     client = redis.Redis(connection_pool=sync_pool(self.hosts[index]))
                     self._sync_clients[index] = client
         return client
+
+
+def _check_added(added: Any) -> None:
+    """``ChannelFull`` for the script's 0; an error for anything but its 1."""
+    if added == 0:
+        raise ChannelFull()
+    if added != 1:  # not the script's answer: say so rather than claim a send
+        raise RuntimeError(f"unexpected answer to a send from Redis: {added!r}")
 
 
 #: Seconds :meth:`RedisChannelLayer.send_now` waits for Redis to accept a
