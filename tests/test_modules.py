@@ -233,7 +233,7 @@ def test_the_quick_check_at_each_keyword_s_edges(keywords: dict, good: list, bad
         assert quick({"v": value}), value
     for value in bad:
         assert not quick({"v": value}), value
-        assert not validator.is_valid({"v": value}) or isinstance(value, (float, tuple)), value
+        assert not validator.is_valid({"v": value}), value  # each really is invalid
     assert not quick({}) and not quick({"v": good[0], "other": 1})
 
 
