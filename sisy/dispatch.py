@@ -218,10 +218,19 @@ def store(
     :data:`CHANNEL_NAME`); nothing is stored.
     """
     _check_options(priority, run_after, channel)
-    job, tasks = _rows(job_spec, channel, priority, run_after)
+    rows: list[tuple[Any, ...]] = []
+    job = _rows(
+        job_spec,
+        channel or sisy_settings.RUN_CHANNEL,
+        sisy_settings.MAX_ATTEMPTS,
+        priority,
+        run_after,
+        rows,
+    )
+    tasks = sql.Values(JobTask, _TASK_FIELDS, rows)
     using = router.db_for_write(Job)
     try:
-        if len(tasks) <= MAX_TASKS_IN_ONE_STATEMENT:
+        if len(rows) <= MAX_TASKS_IN_ONE_STATEMENT:
             sql.insert_together([(Job, [job]), (JobTask, tasks)], using)
         else:
             with transaction.atomic(using=using):
@@ -246,38 +255,43 @@ def store(
 
 
 def _rows(
-    job_spec: specs.JobSpec, channel: str | None, priority: int, run_after: datetime | None
-) -> tuple[Job, list[JobTask]]:
+    job_spec: specs.JobSpec,
+    channel: str,
+    max_attempts: int,
+    priority: int,
+    run_after: datetime | None,
+    tasks: list[tuple[Any, ...]],
+) -> Job:
+    """The job to insert for ``job_spec``; its tasks' rows are added to ``tasks``.
+
+    A task's row holds the values of :data:`_TASK_FIELDS`.
+    """
     job = _build(
         Job,
         {
             "job_id": job_spec.job_id,
             "job_title": job_spec.title,
-            "channel": channel or sisy_settings.RUN_CHANNEL,
-            "max_attempts": job_spec.max_attempts or sisy_settings.MAX_ATTEMPTS,
+            "channel": channel,
+            "max_attempts": job_spec.max_attempts or max_attempts,
             "retries": job_spec.retries,
             "time_limit": job_spec.time_limit,
             "priority": priority,
             "run_after": run_after,
         },
     )
-    tasks = []
-    for position, task_spec in enumerate(job_spec.tasks):
-        task = _build(
-            JobTask,
-            {
-                "job_id": job.job_id,
-                "position": position,
-                "module": task_spec.module,
-                "data": task_spec.data,
-            },
-        )
-        _task_job.set_cached_value(task, job)  # as JobTask(job=job) would
-        tasks.append(task)
-    return job, tasks
+    job_id = job_spec.job_id
+    tasks.extend(
+        (job_id, position, task_spec.module, task_spec.data)
+        for position, task_spec in enumerate(job_spec.tasks)
+    )
+    return job
 
 
-_task_job = JobTask.job.field
+#: The fields a job task's row gives (the others take their defaults); no
+#: instances are built for them, as nothing reads them after the insert.
+_TASK_FIELDS = ("job_id", "position", "module", "data")
+
+
 _field_plans: dict[type[Model], list[tuple[str, Any, Callable[[], Any] | None]]] = {}
 
 
@@ -337,8 +351,12 @@ def submit_many(
     if problems:
         raise JobSpecError(problems)
     using = router.db_for_write(Job)
-    rows = [_rows(job_spec, channel, priority, run_after) for job_spec in parsed]
-    jobs = [job for job, _ in rows]
+    rows: list[tuple[Any, ...]] = []
+    channel = channel or sisy_settings.RUN_CHANNEL
+    max_attempts = sisy_settings.MAX_ATTEMPTS
+    jobs = [
+        _rows(job_spec, channel, max_attempts, priority, run_after, rows) for job_spec in parsed
+    ]
     with transaction.atomic(using=using):
         taken = {
             pk
@@ -352,7 +370,7 @@ def submit_many(
                 [Problem(None, "$.job_id", f"a job with id {pk} already exists") for pk in taken]
             )
         sql.insert(Job, jobs, using)
-        sql.insert(JobTask, [task for _, tasks in rows for task in tasks], using)
+        sql.insert(JobTask, sql.Values(JobTask, _TASK_FIELDS, rows), using)
 
     def committed() -> None:
         for job in jobs:

@@ -35,12 +35,39 @@ logger = logging.getLogger("sisy.sql")
 _cache: dict[tuple[Any, ...], str] = {}
 
 
-def insert(model: type[Model], objs: Sequence[Model], using: str | None = None) -> None:
+class Values:
+    """Rows to insert without building model instances: one tuple per row.
+
+    Each tuple holds the values of the fields ``names`` (attribute names, as
+    in ``job_id``), in that order; every other field takes its default, as
+    ``model(**dict(zip(names, row)))`` would give it. For models whose fields
+    only read their value when saved (no ``auto_now``): :func:`insert` raises
+    ``ValueError`` otherwise. Constant defaults are prepared once per
+    statement plan, not once per row.
+    """
+
+    __slots__ = ("model", "names", "rows")
+
+    def __init__(self, model: type[Model], names: Sequence[str], rows: Sequence[Sequence[Any]]):
+        self.model, self.names, self.rows = model, tuple(names), rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: slice) -> Values:
+        return Values(self.model, self.names, self.rows[index])
+
+
+#: What :func:`insert` takes: model instances, or :class:`Values`.
+Rows = Sequence[Model] | Values
+
+
+def insert(model: type[Model], objs: Rows, using: str | None = None) -> None:
     """``INSERT`` ``objs`` (a few statements at most, each within the parameter limit).
 
     An automatic primary key is left to the database and not read back.
     """
-    if not objs:
+    if not len(objs):
         return
     using = using or router.db_for_write(model)
     connection = connections[using]
@@ -50,11 +77,11 @@ def insert(model: type[Model], objs: Sequence[Model], using: str | None = None) 
         for start in range(0, len(objs), size):
             batch = objs[start : start + size]
             sql = _insert_sql(connection, model, len(batch))
-            cursor.execute(sql, _insert_params(connection, fields, batch))
+            cursor.execute(sql, _params(connection, model, batch))
     _saved(objs, using)
 
 
-def insert_together(groups: Sequence[tuple[type[Model], Sequence[Model]]], using: str) -> None:
+def insert_together(groups: Sequence[tuple[type[Model], Rows]], using: str) -> None:
     """Insert a few rows of several models as one unit, parents first.
 
     On PostgreSQL this is a single statement (the first inserts in a ``WITH``
@@ -62,7 +89,7 @@ def insert_together(groups: Sequence[tuple[type[Model], Sequence[Model]]], using
     trip and one commit; elsewhere the inserts run in one transaction. For
     rows within a statement's parameter limit (a submitted job and its tasks).
     """
-    groups = [(model, objs) for model, objs in groups if objs]
+    groups = [(model, objs) for model, objs in groups if len(objs)]
     connection = connections[using]
     if connection.vendor != "postgresql" or len(groups) < 2:
         with writer_queue.turn(connection), _write_transaction(connection):
@@ -76,11 +103,7 @@ def insert_together(groups: Sequence[tuple[type[Model], Sequence[Model]]], using
         + " "
         + statements[-1]
     )
-    params = [
-        value
-        for model, objs in groups
-        for value in _insert_params(connection, _insert_fields(model), objs)
-    ]
+    params = [value for model, objs in groups for value in _params(connection, model, objs)]
     if connection.in_atomic_block:
         # Within the caller's transaction: a savepoint, so that a failed insert
         # (a job id already taken) leaves that transaction usable.
@@ -148,6 +171,13 @@ def _insert_fields(model: type[Model]) -> list[Field]:
     return fields
 
 
+def _params(connection: Any, model: type[Model], objs: Rows) -> list[Any]:
+    """The parameters of an ``INSERT`` of ``objs``, row after row."""
+    if isinstance(objs, Values):
+        return _values_params(connection, objs)
+    return _insert_params(connection, _insert_fields(model), objs)
+
+
 def _insert_params(connection: Any, fields: list[Field], objs: Sequence[Model]) -> list[Any]:
     key = (connection.alias, id(fields))
     plan = _insert_plans.get(key)
@@ -164,6 +194,53 @@ def _insert_params(connection: Any, fields: list[Field], objs: Sequence[Model]) 
 
 
 _insert_plans: dict[tuple[str, int], list[tuple[Field, bool, Callable[[Any], Any]]]] = {}
+
+#: For each insert field of a :class:`Values` plan: the row's index of its
+#: value, or ``None`` and then a callable default, or the prepared constant.
+_ValuesPlan = list[tuple[int | None, Callable[[], Any] | None, Any, Callable[[Any], Any]]]
+_values_plans: dict[tuple[str, str, tuple[str, ...]], _ValuesPlan] = {}
+
+
+def _values_plan(connection: Any, model: type[Model], names: tuple[str, ...]) -> _ValuesPlan:
+    key = (connection.alias, model._meta.label, names)
+    plan = _values_plans.get(key)
+    if plan is not None:
+        return plan
+    fields = _insert_fields(model)
+    known = {f.attname for f in fields}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"{model._meta.label} has no field to insert named {unknown[0]!r}")
+    plan = []
+    for field in fields:
+        if not _plain_pre_save(field):
+            raise ValueError(
+                f"{model._meta.label}.{field.name} sets its value when saved: insert instances"
+            )
+        prepare = _preparer(connection, field)
+        if field.attname in names:
+            plan.append((names.index(field.attname), None, None, prepare))
+        elif field.has_default() and callable(field.default):
+            plan.append((None, field.get_default, None, prepare))
+        else:
+            plan.append((None, None, prepare(field.get_default()), prepare))
+    _values_plans[key] = plan
+    return plan
+
+
+def _values_params(connection: Any, values: Values) -> list[Any]:
+    plan = _values_plan(connection, values.model, values.names)
+    params: list[Any] = []
+    add = params.append
+    for row in values.rows:
+        for index, default, constant, prepare in plan:
+            if index is not None:
+                add(prepare(row[index]))
+            elif default is not None:
+                add(prepare(default()))
+            else:
+                add(constant)
+    return params
 
 
 def _plain_pre_save(field: Field) -> bool:
@@ -259,7 +336,9 @@ def _preparer(connection: Any, field: Field, save: bool = True) -> Callable[[Any
     return prepare
 
 
-def _saved(objs: Sequence[Model], using: str) -> None:
+def _saved(objs: Rows, using: str) -> None:
+    if isinstance(objs, Values):
+        return
     for obj in objs:
         obj._state.adding, obj._state.db = False, using
 

@@ -159,3 +159,45 @@ def test_the_quick_preparers_give_what_the_fields_give() -> None:
                     assert _comparable(quick(value)) == _comparable(expected), (field, value)
                     checked += 1
     assert checked > 200
+
+
+def stored_tasks() -> list[dict[str, Any]]:
+    return list(JobTask.objects.order_by("job_id", "position").values())
+
+
+@pytest.mark.django_db
+def test_values_store_what_instances_store() -> None:
+    first, second = (sisy.submit({"record": {"label": "a"}}) for _ in range(2))
+    JobTask.objects.all().delete()
+    data = {"text": "é", "list": [1, 2.5, None], "nested": {"ok": True}}
+    sql.insert(JobTask, [JobTask(job_id=first.pk, position=0, module="echo", data=data)])
+    sql.insert(
+        JobTask,
+        sql.Values(
+            JobTask, ("job_id", "position", "module", "data"), [(second.pk, 0, "echo", data)]
+        ),
+    )
+    by_instance, by_values = stored_tasks()
+    for row in (by_instance, by_values):
+        del row["id"], row["job_id"]
+    assert by_values == by_instance
+    assert by_values["data"] == data and by_values["status"] == "pending"
+
+
+@pytest.mark.django_db
+def test_values_call_a_callable_default_for_each_row() -> None:
+    rows = [("one",), ("two",)]
+    sql.insert(Job, sql.Values(Job, ("job_title",), rows))
+    ids = set(Job.objects.values_list("job_id", flat=True))
+    assert len(ids) == 2  # job_id's default, uuid4, was called twice
+
+
+@pytest.mark.django_db
+def test_values_refuse_unknown_fields_and_fields_set_when_saved() -> None:
+    from sisy.models import Task
+
+    with pytest.raises(ValueError, match="no field to insert named 'nope'"):
+        sql.insert(JobTask, sql.Values(JobTask, ("nope",), [(1,)]))
+    with pytest.raises(ValueError, match=r"sisy.Task.created_at sets its value when saved"):
+        sql.insert(Task, sql.Values(Task, ("label",), [("x",)]))
+    assert not Task.objects.exists()
