@@ -336,41 +336,44 @@ def submit_many(
     every job. The other arguments are as for :func:`submit`, for all jobs.
     """
     _check_options(priority, run_after, channel)
-    parsed: list[specs.JobSpec] = []
+    channel = channel or sisy_settings.RUN_CHANNEL
+    max_attempts = sisy_settings.MAX_ATTEMPTS
+    jobs: list[Job] = []
+    rows: list[tuple[Any, ...]] = []
     problems: list[Problem] = []
     for index, spec in enumerate(job_specs):
+        # Each job's row is built as soon as its spec is parsed: the parsed
+        # spec is then dropped, and fewer objects live until the insert.
         try:
-            parsed.append(specs.parse(spec))
+            jobs.append(_rows(specs.parse(spec), channel, max_attempts, priority, run_after, rows))
         except JobSpecError as exc:
             problems.extend(
                 Problem(p.task, p.path, f"job {index}: {p.message}") for p in exc.problems
             )
-    ids = [job_spec.job_id for job_spec in parsed]
+    ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):
         problems.append(Problem(None, "$.job_id", "two of the jobs have the same job_id"))
     if problems:
         raise JobSpecError(problems)
     using = router.db_for_write(Job)
-    rows: list[tuple[Any, ...]] = []
-    channel = channel or sisy_settings.RUN_CHANNEL
-    max_attempts = sisy_settings.MAX_ATTEMPTS
-    jobs = [
-        _rows(job_spec, channel, max_attempts, priority, run_after, rows) for job_spec in parsed
-    ]
-    with transaction.atomic(using=using):
-        taken = {
+    try:
+        with transaction.atomic(using=using):
+            sql.insert(Job, jobs, using)
+            sql.insert(JobTask, sql.Values(JobTask, _TASK_FIELDS, rows), using)
+    except IntegrityError as exc:
+        # Rolled back: the only unique key a caller chooses is the job id.
+        taken = [
             pk
             for start in range(0, len(ids), 1000)  # within every database's parameter limit
             for pk in Job.objects.using(using)
             .filter(pk__in=ids[start : start + 1000])
             .values_list("pk", flat=True)
-        }
+        ]
         if taken:
             raise JobSpecError(
                 [Problem(None, "$.job_id", f"a job with id {pk} already exists") for pk in taken]
-            )
-        sql.insert(Job, jobs, using)
-        sql.insert(JobTask, sql.Values(JobTask, _TASK_FIELDS, rows), using)
+            ) from exc
+        raise
 
     def committed() -> None:
         for job in jobs:

@@ -176,6 +176,11 @@ def test_submit_many_stores_nothing_if_one_spec_is_bad(redis) -> None:
             [{"record": {"label": "a"}}, {"job_id": str(taken), "record": {"label": "b"}}]
         )
     assert Job.objects.count() == 1
+    with transaction.atomic():  # the caller's transaction stays usable
+        with pytest.raises(JobSpecError, match=f"a job with id {taken} already exists"):
+            sisy.submit_many([{"job_id": str(taken), "record": {"label": "c"}}])
+        sisy.submit_many([{"record": {"label": "d"}}])
+    assert Job.objects.count() == 2
 
 
 def test_a_taken_job_id_inside_a_transaction_leaves_it_usable() -> None:
