@@ -33,7 +33,7 @@ from django.db import connections, router, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from sisy import signals, sql
+from sisy import completion, signals, sql
 from sisy.conf import sisy_settings
 from sisy.exceptions import JobCancelled, JobSpecError, TimeLimitExceeded
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
@@ -322,9 +322,12 @@ def handle_wakeup(job_id: Any, state: WorkerState, channel: str) -> int:
             job = None
     finally:
         try:
-            give_back(state, state.take_reserved())
+            write_completions(state)
         finally:
-            state.leave()
+            try:
+                give_back(state, state.take_reserved())
+            finally:
+                state.leave()
     return ran
 
 
@@ -435,6 +438,9 @@ def renew_lease(state: WorkerState) -> None:
     :data:`CLAIM_WINDOW` are given back instead, for idle workers.
     """
     current = state.current_job()
+    since = state.unwritten_since()
+    if since is not None and time.monotonic() - since > CLAIM_WINDOW:
+        write_completions(state)  # the job after them is taking its time
     lease = timezone.now() + timedelta(seconds=sisy_settings.JOB_LEASE)
     reserved = state.reserved_ids()
     if reserved:
@@ -474,20 +480,25 @@ def run_job(job: Job, state: WorkerState) -> Job:
     try:
         _run_claimed(job, state)
     except LostJob as exc:
-        if _record_cancellation(job):
-            logger.info("sisy: job %s was cancelled while it ran", job.pk)
-            return job
-        logger.warning(
-            "sisy: job %s attempt %d is no longer worker %s's; its outcome was not recorded (%s)",
-            job.pk,
-            job.attempts,
-            state.worker_id,
-            exc,
-        )
-        job.refresh_from_db()
+        _lost(job, state, str(exc))
     finally:
         state.job_finished()
     return job
+
+
+def _lost(job: Job, state: WorkerState, when: str) -> None:
+    """``job`` was no longer this worker's attempt when its outcome was written."""
+    if _record_cancellation(job):
+        logger.info("sisy: job %s was cancelled while it ran", job.pk)
+        return
+    logger.warning(
+        "sisy: job %s attempt %d is no longer worker %s's; its outcome was not recorded (%s)",
+        job.pk,
+        job.attempts,
+        state.worker_id,
+        when,
+    )
+    job.refresh_from_db()
 
 
 def _record_cancellation(job: Job) -> bool:
@@ -525,11 +536,7 @@ def _run_claimed(job: Job, state: WorkerState) -> None:
             _record(job, task, outcome)
             continue
         if outcome.error is None:
-            # The last task and the job's outcome: one transaction, one commit.
-            # The job's row first: once that fenced write succeeded, the row is
-            # this worker's until the commit, and the task's needs no fence.
-            _complete(job, task, outcome)
-            signals.send(signals.job_finished, Job, job=job, status=job.status)
+            _complete(job, task, outcome, state)
             return
         retry_delay = _retry_delay(job, task, outcome.module_class, outcome.error)
         with transaction.atomic():
@@ -596,42 +603,62 @@ def _execute(job: Job, task: JobTask, state: WorkerState) -> _Outcome:
     return outcome
 
 
-def _complete(job: Job, task: JobTask, outcome: _Outcome) -> None:
+def _complete(job: Job, task: JobTask, outcome: _Outcome, state: WorkerState) -> None:
     """The last task succeeded: record it and the job's success (fenced), as one unit.
 
-    The job's row is written first, under the fence; the task's row only if
-    that matched (one statement on PostgreSQL, one transaction elsewhere).
+    While more claimed jobs wait to run, the record is kept in hand, to be
+    written with the next ones (see :func:`write_completions`).
     """
-    now = timezone.now()
-    finished = {
-        "status": JobStatus.SUCCEEDED,
-        "finished_at": now,
-        "error": "",
-        "lease_expires_at": None,
-    }
-    task_values = {
-        "started_at": outcome.started,
-        "finished_at": now,
-        "status": JobTaskStatus.SUCCEEDED,
-        "result": outcome.result,
-        "progress": 1.0,
-        "error": "",
-    }
-    if not sql.update_if_parent_updated(
-        (Job, finished, _fence(job)),
-        (JobTask, task_values, {"id": task.pk}),
-        link="job",
-        using=router.db_for_write(Job),
-    ):
-        raise LostJob("at completion")
-    job.status, job.finished_at, job.error, job.lease_expires_at = (
-        JobStatus.SUCCEEDED,
-        now,
-        "",
-        None,
+    success = completion.Success(
+        job, task, outcome.started, timezone.now(), outcome.result, time.monotonic()
     )
-    task.status, task.error = JobTaskStatus.SUCCEEDED, ""
-    logger.debug("sisy: job %s %s", job.pk, job.status)
+    if _may_wait(state):
+        state.keep_unwritten(success)
+    else:
+        write_completions(state, [success])
+
+
+def _may_wait(state: WorkerState) -> bool:
+    """Whether a job that succeeded may wait to be written with the next ones.
+
+    Only while claimed jobs wait to run, at most
+    :setting:`SISY_WORKER_CLAIM_BATCH` together, and for no longer than
+    :data:`CLAIM_WINDOW` (the heartbeat writes them if a job then runs longer).
+    """
+    if not state.reserved or state.stopping.is_set():
+        return False
+    if state.count_unwritten() + 1 >= sisy_settings.WORKER_CLAIM_BATCH:
+        return False
+    since = state.unwritten_since()
+    return since is None or time.monotonic() - since < CLAIM_WINDOW
+
+
+def write_completions(state: WorkerState, more: list[completion.Success] | None = None) -> int:
+    """Write the succeeded jobs ``state`` keeps, and ``more``, in one go. Returns how many.
+
+    One statement on PostgreSQL, one transaction elsewhere. Each job is then
+    marked succeeded in memory and ``job_finished`` sent for it; one that was
+    no longer this worker's attempt is handled as at any fenced write.
+    """
+    done = state.take_unwritten() + (more or [])
+    if not done:
+        return 0
+    written = completion.write(done, router.db_for_write(Job))
+    for success in done:
+        job, task = success.job, success.task
+        if job.pk not in written:
+            _lost(job, state, "at completion")
+            continue
+        job.status, job.finished_at, job.error, job.lease_expires_at = (
+            JobStatus.SUCCEEDED,
+            success.finished,
+            "",
+            None,
+        )
+        task.status, task.error = JobTaskStatus.SUCCEEDED, ""
+        logger.debug("sisy: job %s %s", job.pk, job.status)
+        signals.send(signals.job_finished, Job, job=job, status=job.status)
+    return len(written)
 
 
 def _record(job: Job, task: JobTask, outcome: _Outcome, retrying: bool = False) -> None:
@@ -805,6 +832,10 @@ class _Watchdog:
             _record_abandoned(self.job, self.task, self.limit or 0.0)
         except Exception:
             logger.exception("sisy: could not record the timeout; the job's lease will expire")
+        try:
+            write_completions(self.state)  # the jobs that succeeded before this one
+        except Exception:
+            logger.exception("sisy: could not record finished jobs; they will run again")
         replace_process()
 
 

@@ -60,6 +60,9 @@ class WorkerState:
         self.reserved: list[tuple[Any, float]] = []
         #: Moving average of how long a job took here (seconds), for sizing claims.
         self.job_seconds: float | None = None
+        #: Succeeded jobs not written down yet (sisy.completion.Success), oldest
+        #: first: a worker draining a batch writes them together.
+        self.unwritten: list[Any] = []
         #: Set on every status change, so the heartbeat is published at once.
         self.changed = threading.Event()
         self._lock = threading.Lock()
@@ -116,6 +119,25 @@ class WorkerState:
     def reserved_ids(self) -> list[Any]:
         with self._lock:
             return [job.pk for job, _ in self.reserved]
+
+    def keep_unwritten(self, success: Any) -> None:
+        with self._lock:
+            self.unwritten.append(success)
+
+    def take_unwritten(self) -> list[Any]:
+        """The succeeded jobs not written yet, which the caller now writes."""
+        with self._lock:
+            taken, self.unwritten = self.unwritten, []
+            return taken
+
+    def unwritten_since(self) -> float | None:
+        """When the oldest unwritten job ended (``time.monotonic()``); ``None`` if none."""
+        with self._lock:
+            return self.unwritten[0].ended if self.unwritten else None
+
+    def count_unwritten(self) -> int:
+        with self._lock:
+            return len(self.unwritten)
 
     def note_job_seconds(self, seconds: float) -> None:
         with self._lock:

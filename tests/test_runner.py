@@ -345,12 +345,75 @@ def test_jobs_claimed_together_cost_fewer_statements_each(
     print(f"\nstatements for 10 one-task jobs drained in a batch: {len(statements)}")
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
     # one claim of 10 and one read of their tasks (one statement on
-    # PostgreSQL); per job: job done and task done (one statement on
-    # PostgreSQL); then an empty claim ends the drain
+    # PostgreSQL); the ten successes written together: one statement on
+    # PostgreSQL, two updates per job in one transaction elsewhere; then an
+    # empty claim ends the drain
     if connection.vendor == "postgresql":
-        assert len(statements) == 1 + 10 + 1, statements
+        assert len(statements) == 1 + 1 + 1, statements
     else:
         assert len(statements) == 2 + 2 * 10 + 1, statements
+        assert len([q for q in statements if q.upper().startswith("SAVEPOINT")]) == 0
+
+
+def claim_two(state: WorkerState) -> tuple[Job, Job]:
+    for label in ("first", "second"):
+        sisy.submit({"record": {"label": label}})
+    state.job_seconds = 0.001
+    first, second = runner.claim_batch(state, CHANNEL, 2)
+    state.reserve([second])
+    return first, second
+
+
+def test_a_success_waits_for_the_next_job_of_the_batch(state: WorkerState) -> None:
+    finished: list[Any] = []
+
+    def on_finished(sender: Any, job: Job, status: str, **kwargs: Any) -> None:
+        finished.append((job.job_title, status))
+
+    first, _ = claim_two(state)
+    signals.job_finished.connect(on_finished)
+    try:
+        runner.run_job(first, state)
+        # Kept in hand: the job after it is about to run.
+        assert Job.objects.get(pk=first.pk).status == JobStatus.IN_PROGRESS
+        assert state.count_unwritten() == 1 and finished == []
+        assert runner.handle_wakeup(None, state, CHANNEL) == 1  # runs the second one
+    finally:
+        signals.job_finished.disconnect(on_finished)
+    assert {job.status for job in Job.objects.all()} == {JobStatus.SUCCEEDED}
+    assert set(JobTask.objects.values_list("status", flat=True)) == {JobTaskStatus.SUCCEEDED}
+    assert Job.objects.get(pk=first.pk).finished_at == first.finished_at
+    assert finished == [(first.job_title, JobStatus.SUCCEEDED)] * 2
+    assert state.count_unwritten() == 0
+
+
+def test_the_heartbeat_writes_successes_held_while_a_job_runs_long(
+    state: WorkerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = claim_two(state)
+    runner.run_job(first, state)
+    assert state.count_unwritten() == 1
+    runner.renew_lease(state)  # just now: still waiting for the next job
+    assert Job.objects.get(pk=first.pk).status == JobStatus.IN_PROGRESS
+    monkeypatch.setattr(runner, "CLAIM_WINDOW", 0.0)  # as if the next job ran for a while
+    runner.renew_lease(state)
+    assert Job.objects.get(pk=first.pk).status == JobStatus.SUCCEEDED
+    task = JobTask.objects.get(job=first)
+    assert task.status == JobTaskStatus.SUCCEEDED and task.progress == 1.0
+    assert state.count_unwritten() == 0
+
+
+def test_a_job_cancelled_before_its_success_was_written_stays_cancelled(
+    state: WorkerState,
+) -> None:
+    first, second = claim_two(state)
+    runner.run_job(first, state)
+    assert sisy.cancel(first.pk)  # it ran, but that was not written yet
+    assert runner.handle_wakeup(None, state, CHANNEL) == 1
+    assert Job.objects.get(pk=first.pk).status == JobStatus.CANCELLED
+    assert JobTask.objects.get(job=first).status == JobTaskStatus.CANCELLED
+    assert Job.objects.get(pk=second.pk).status == JobStatus.SUCCEEDED
+    assert JobTask.objects.get(job=second).status == JobTaskStatus.SUCCEEDED
 
 
 def test_claim_size_follows_how_long_jobs_take(state: WorkerState, settings: Any) -> None:
