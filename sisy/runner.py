@@ -29,11 +29,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from sisy import completion, signals, sql
+from sisy import spec as specs
 from sisy.conf import sisy_settings
 from sisy.exceptions import JobCancelled, JobSpecError, TimeLimitExceeded
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
@@ -440,7 +441,10 @@ def renew_lease(state: WorkerState) -> None:
     current = state.current_job()
     since = state.unwritten_since()
     if since is not None and time.monotonic() - since > CLAIM_WINDOW:
-        write_completions(state)  # the job after them is taking its time
+        try:
+            write_completions(state)  # the job after them is taking its time
+        except Exception:
+            logger.exception("sisy: could not record finished jobs; they will run again")
     lease = timezone.now() + timedelta(seconds=sisy_settings.JOB_LEASE)
     reserved = state.reserved_ids()
     if reserved:
@@ -622,8 +626,9 @@ def _may_wait(state: WorkerState) -> bool:
     """Whether a job that succeeded may wait to be written with the next ones.
 
     Only while claimed jobs wait to run, at most
-    :setting:`SISY_WORKER_CLAIM_BATCH` together, and for no longer than
-    :data:`CLAIM_WINDOW` (the heartbeat writes them if a job then runs longer).
+    :setting:`SISY_WORKER_CLAIM_BATCH` together, and only while the oldest
+    held ended less than :data:`CLAIM_WINDOW` ago. Should the job then
+    running take longer, the next heartbeat writes them (see :func:`renew_lease`).
     """
     if not state.reserved or state.stopping.is_set():
         return False
@@ -643,11 +648,25 @@ def write_completions(state: WorkerState, more: list[completion.Success] | None 
     done = state.take_unwritten() + (more or [])
     if not done:
         return 0
-    written = completion.write(done, router.db_for_write(Job))
+    using = router.db_for_write(Job)
+    unrecorded: set[Any] = set()  # neither written nor lost: the write failed
+    try:
+        written = completion.write(done, using)
+    except DatabaseError:
+        if len(done) == 1:
+            raise
+        # One bad row (a result the database refuses) must not lose the others.
+        logger.warning("sisy: a grouped write of %d jobs failed; writing each alone", len(done))
+        written = set()
+        for success in done:
+            try:
+                written |= completion.write([success], using)
+            except DatabaseError:
+                logger.exception("sisy: could not record job %s; it will run again", success.job.pk)
+                unrecorded.add(success.job.pk)
     for success in done:
         job, task = success.job, success.task
         if job.pk not in written:
-            _lost(job, state, "at completion")
             continue
         job.status, job.finished_at, job.error, job.lease_expires_at = (
             JobStatus.SUCCEEDED,
@@ -658,6 +677,12 @@ def write_completions(state: WorkerState, more: list[completion.Success] | None 
         task.status, task.error = JobTaskStatus.SUCCEEDED, ""
         logger.debug("sisy: job %s %s", job.pk, job.status)
         signals.send(signals.job_finished, Job, job=job, status=job.status)
+    for success in done:
+        if success.job.pk not in written and success.job.pk not in unrecorded:
+            try:
+                _lost(success.job, state, "at completion")
+            except Exception:
+                logger.exception("sisy: job %s: could not check why it was lost", success.job.pk)
     return len(written)
 
 
@@ -899,6 +924,10 @@ def _json_result(value: Any) -> Any:
         json.dumps(value, cls=DjangoJSONEncoder)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"run() returned a value that cannot be stored as JSON: {exc}") from exc
+    unstorable = specs._unstorable(value, "$")
+    if unstorable is not None:  # a database would refuse it (NUL characters, ...)
+        path, problem = unstorable
+        raise ValueError(f"run() returned text that cannot be stored at {path}: {problem}")
     return value
 
 

@@ -160,6 +160,10 @@ class SisyWorker(Worker):
         close_old_connections()
         job_id = None
         try:
+            runner.write_completions(self.state)  # jobs that succeeded before this one
+        except Exception:
+            logger.exception("sisy: could not record finished jobs; they will run again")
+        try:
             runner.give_back(self.state, self.state.take_reserved())
             job_id = runner.release(self.state)
             if job_id is not None:

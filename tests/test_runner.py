@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import sisy
-from sisy import runner, signals
+from sisy import completion, runner, signals
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
 from sisy.modules import Module, registry
 from sisy.state import WorkerState
@@ -127,6 +127,11 @@ class _Unstorable(Module):
         return object()
 
 
+class _NulText(Module):
+    def run(self) -> Any:
+        return {"log": ["fine", "bad\x00byte"]}
+
+
 class _CleanupFails(Module):
     def run(self) -> str:
         return "ran"
@@ -139,7 +144,9 @@ class _CleanupFails(Module):
 def extra_modules() -> Any:
     registry.register("unstorable", _Unstorable)
     registry.register("cleanup_fails", _CleanupFails)
+    registry.register("nul_text", _NulText)
     yield
+    registry.unregister("nul_text")
     registry.unregister("unstorable")
     registry.unregister("cleanup_fails")
 
@@ -150,6 +157,41 @@ def test_unserialisable_result_fails_clearly(state: WorkerState) -> None:
     job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
     assert job.status == JobStatus.FAILED
     assert "cannot be stored as JSON" in job.error
+
+
+@pytest.mark.usefixtures("extra_modules")
+def test_a_result_a_database_would_refuse_fails_clearly(state: WorkerState) -> None:
+    job = sisy.submit({"nul_text": {}})
+    job = runner.run_job(runner.claim(job.job_id, state, CHANNEL), state)
+    assert job.status == JobStatus.FAILED
+    assert "cannot be stored at $.log[1]: " in job.error
+
+
+def test_a_failed_group_write_still_records_the_others(
+    state: WorkerState, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A row the database refuses (simulated: the real ones are refused earlier,
+    # see above) fails the grouped write; each job is then written alone.
+    jobs = [sisy.submit({"record": {"label": str(n)}}) for n in range(3)]
+    refused = jobs[1].pk
+    write = completion.write
+
+    def refusing_write(done: list[completion.Success], using: str) -> set[Any]:
+        if any(success.job.pk == refused for success in done):
+            raise DatabaseError("refused")
+        return write(done, using)
+
+    monkeypatch.setattr(completion, "write", refusing_write)
+    state.job_seconds = 0.001
+    assert runner.handle_wakeup(None, state, CHANNEL) == 3
+    statuses = dict(Job.objects.values_list("pk", "status"))
+    assert statuses == {
+        jobs[0].pk: JobStatus.SUCCEEDED,
+        refused: JobStatus.IN_PROGRESS,  # runs again once its lease expires
+        jobs[2].pk: JobStatus.SUCCEEDED,
+    }
+    assert f"could not record job {refused}; it will run again" in caplog.text
+    assert state.count_unwritten() == 0
 
 
 @pytest.mark.usefixtures("extra_modules")

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import sisy
+from sisy import runner
 from sisy.models import Job, JobStatus
 from tests.chaos.conftest import LEASE, TICK, Chaos, poll, waited
 
@@ -33,8 +34,12 @@ def test_crash_storm(chaos: Chaos) -> None:
     """Case 1: 2,000 jobs, 3 workers, a random worker SIGKILLed and restarted every 2 s.
 
     Each job's run() takes 10 ms. Expected: nothing lost, no outcome recorded
-    twice, duplicate starts <= kills, and each job a killed worker had started
-    starts again within lease + one tick (4 + 1 s, 3 s allowed for load).
+    twice, duplicate starts <= kills x (1 + 50 ms / 10 ms): a kill re-runs the
+    job that was running and the successes its worker held unwritten, which
+    ended less than CLAIM_WINDOW (50 ms) before (see "Grouped completions" in
+    docs/topics/workers.rst),
+    and each job a killed worker had started starts again within lease + one
+    tick (4 + 1 s, 3 s allowed for load).
     """
     total = 2000
     seed = random.randrange(1_000_000)
@@ -71,7 +76,7 @@ def test_crash_storm(chaos: Chaos) -> None:
     assert tally.statuses == {"succeeded": total}, tally.statuses
     assert tally.recorded_twice == 0
     assert tally.succeeded_without_run == 0
-    assert tally.duplicate_starts <= kills
+    assert tally.duplicate_starts <= kills * (1 + round(runner.CLAIM_WINDOW / 0.01))
     assert max(delays, default=0.0) <= LEASE + TICK + 3
 
 
