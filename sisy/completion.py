@@ -48,14 +48,15 @@ def write(done: list[Success], using: str) -> set[Any]:
     written = set()
     with sql.writer_queue.turn(connection), transaction.atomic(using=using):
         for success in done:
-            if sql.update(Job, _job_values(success), _fence(success.job), using) and sql.update(
+            if sql.update(Job, _job_values(success), fence(success.job), using) and sql.update(
                 JobTask, _task_values(success), {"id": success.task.pk}, using
             ):
                 written.add(success.job.pk)
     return written
 
 
-def _fence(job: Job) -> dict[str, Any]:
+def fence(job: Job) -> dict[str, Any]:
+    """The conditions of every write a worker makes to its job's row."""
     return {
         "job_id": job.pk,
         "status": JobStatus.IN_PROGRESS,

@@ -412,14 +412,7 @@ def refresh_connections() -> None:
             connection.close()
 
 
-def _fence(job: Job) -> dict[str, Any]:
-    """The conditions of every write a worker makes to its job's row."""
-    return {
-        "job_id": job.pk,
-        "status": JobStatus.IN_PROGRESS,
-        "worker": job.worker,
-        "attempts": job.attempts,
-    }
+_fence = completion.fence
 
 
 def _fenced(job: Job) -> QuerySet[Job]:

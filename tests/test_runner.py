@@ -460,11 +460,13 @@ def test_a_job_cancelled_before_its_success_was_written_stays_cancelled(
 
 def test_claim_size_follows_how_long_jobs_take(state: WorkerState, settings: Any) -> None:
     assert runner.claim_size(state) == 1  # nothing known yet
-    state.note_job_seconds(0.001)
-    assert runner.claim_size(state) == 10  # SISY_WORKER_CLAIM_BATCH
+    state.note_job_seconds(0.0001)
+    assert runner.claim_size(state) == 50  # SISY_WORKER_CLAIM_BATCH
     settings.SISY_WORKER_CLAIM_BATCH = 4
     assert runner.claim_size(state) == 4
-    settings.SISY_WORKER_CLAIM_BATCH = 10
+    settings.SISY_WORKER_CLAIM_BATCH = 50
+    state.job_seconds = 0.005
+    assert runner.claim_size(state) == 10  # about CLAIM_WINDOW (50 ms) of work
     for _ in range(30):
         state.note_job_seconds(1.0)
     assert runner.claim_size(state) == 1  # long jobs: one at a time
