@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 import sisy
 from sisy import sql
+from sisy.exceptions import JobSpecError
 from sisy.models import Job, JobTask
 
 
@@ -201,3 +203,34 @@ def test_values_refuse_unknown_fields_and_fields_set_when_saved() -> None:
     with pytest.raises(ValueError, match=r"sisy.Task.created_at sets its value when saved"):
         sql.insert(Task, sql.Values(Task, ("label",), [("x",)]))
     assert not Task.objects.exists()
+
+
+@pytest.mark.django_db
+def test_many_rows_store_what_one_row_stores() -> None:
+    # On PostgreSQL, from COPY_FROM_ROWS rows on, insert() sends a COPY.
+    first, second = (sisy.submit({"record": {"label": "a"}}) for _ in range(2))
+    JobTask.objects.all().delete()
+    data = {"text": "tab\there\nline \\ é \u2028", "none": None, "list": [1, 2.5, True]}
+    sql.insert(JobTask, [JobTask(job_id=first.pk, position=0, module="m\tn", data=data)])
+    rows = [(second.pk, n, "m\tn", data) for n in range(sql.COPY_FROM_ROWS)]
+    with CaptureQueriesContext(connection) as queries:
+        sql.insert(JobTask, sql.Values(JobTask, ("job_id", "position", "module", "data"), rows))
+    assert queries[0]["sql"].startswith("COPY" if connection.vendor == "postgresql" else "INSERT")
+    one, *many = stored_tasks()
+    assert len(many) == sql.COPY_FROM_ROWS
+    for row in (one, *many):
+        del row["id"], row["job_id"], row["position"]
+    assert all(row == one for row in many)
+    assert one["data"] == data and one["module"] == "m\tn"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_taken_job_id_in_a_large_bulk_is_named() -> None:
+    taken = sisy.submit({"record": {"label": "first"}}).job_id
+    specs = [{"record": {"label": str(n)}} for n in range(sql.COPY_FROM_ROWS)]
+    specs[-1] = {"job_id": str(taken), "record": {"label": "again"}}
+    with pytest.raises(JobSpecError, match=f"a job with id {taken} already exists"):
+        sisy.submit_many(specs)
+    assert Job.objects.count() == 1
+    assert len(sisy.submit_many(specs[:-1])) == sql.COPY_FROM_ROWS - 1
+    assert JobTask.objects.count() == sql.COPY_FROM_ROWS
