@@ -110,7 +110,7 @@ def _write_postgresql(connection: Any, done: list[Success]) -> set[Any]:
         row = (s.job.pk, s.job.attempts, s.job.worker, s.task.pk, s.started, s.finished, s.result)
         params.extend(p(value) for p, value in zip(prepare, row, strict=True))
     params += [JobStatus.SUCCEEDED, JobStatus.IN_PROGRESS, JobTaskStatus.SUCCEEDED]
-    with connection.cursor() as cursor:
+    with sql.statement_cursor(connection) as cursor:
         cursor.execute(statement, params)
         return {row[0] for row in cursor.fetchall()}
 

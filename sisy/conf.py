@@ -24,6 +24,7 @@ REDISPATCH_AFTER = 10.0
 SWEEP_MAX_WAKEUPS = 10
 WORKER_PREFETCH = 10
 WORKER_CLAIM_BATCH = 50
+PREPARED_STATEMENTS = True
 WORKER_SHUTDOWN_GRACE: float | None = 25.0
 TIME_LIMIT_GRACE = 5.0
 MODULES: tuple[str, ...] = ()
@@ -223,6 +224,13 @@ class Settings:
     def MAX_QUEUED_JOBS(self) -> int | None:
         value = self._get("SISY_MAX_QUEUED_JOBS", MAX_QUEUED_JOBS)
         return None if value is None else _positive_int("SISY_MAX_QUEUED_JOBS", value)
+
+    @property
+    def PREPARED_STATEMENTS(self) -> bool:
+        value = self._get("SISY_PREPARED_STATEMENTS", PREPARED_STATEMENTS)
+        if not isinstance(value, bool):
+            raise ValueError(f"SISY_PREPARED_STATEMENTS must be True or False, not {value!r}")
+        return value
 
     def validate(self) -> list[str]:
         """Read every setting once; return one message per invalid setting."""

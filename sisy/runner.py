@@ -170,6 +170,13 @@ def _claim_statement(connection: Any, by_pk: bool) -> str:
     returning = f" RETURNING {sql.columns(connection, Job)}"
     ctes = []
     if by_pk:
+        if connection.vendor == "postgresql":
+            # Hidden from the planner's index matching, so that it finds the
+            # job by its primary key: with the conditions as they are it may
+            # take the claim index, whose "queued" range keeps an entry for
+            # every job claimed since the table's last vacuum (0.7 ms with
+            # 20,000 of them, against 0.05 ms by the primary key).
+            claimable = f"({claimable}) IS TRUE"
         update += f"WHERE {column['job_id']} = %s AND {claimable}{returning}"
     else:
         # The candidates are picked once, in a CTE: PostgreSQL may run a subquery

@@ -234,3 +234,31 @@ def test_a_taken_job_id_in_a_large_bulk_is_named() -> None:
     assert Job.objects.count() == 1
     assert len(sisy.submit_many(specs[:-1])) == sql.COPY_FROM_ROWS - 1
     assert JobTask.objects.count() == sql.COPY_FROM_ROWS
+
+
+def prepared_statements() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared on PostgreSQL only")
+def test_hot_statements_are_prepared_on_postgresql(settings: Any) -> None:
+    before = prepared_statements()
+    job = sisy.submit({"record": {"label": "a"}})
+    assert prepared_statements() == before + 1  # the insert of the job and its task
+    sql.update(Job, {"priority": 3}, {"job_id": job.pk})
+    sql.update(Job, {"priority": 4}, {"job_id": job.pk})  # the same statement again
+    assert prepared_statements() == before + 2
+    assert Job.objects.get(pk=job.pk).priority == 4
+    settings.SISY_PREPARED_STATEMENTS = False
+    sql.update(Job, {"priority": 5, "error": ""}, {"job_id": job.pk})
+    assert prepared_statements() == before + 2
+    settings.SISY_PREPARED_STATEMENTS = True
+    settings.DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True  # PgBouncer's hint
+    try:
+        assert not sql._prepares(connection)
+    finally:
+        del settings.DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"]
+    assert sql._prepares(connection)
