@@ -110,7 +110,8 @@ def _write_postgresql(connection: Any, done: list[Success]) -> set[Any]:
         row = (s.job.pk, s.job.attempts, s.job.worker, s.task.pk, s.started, s.finished, s.result)
         params.extend(p(value) for p, value in zip(prepare, row, strict=True))
     params += [JobStatus.SUCCEEDED, JobStatus.IN_PROGRESS, JobTaskStatus.SUCCEEDED]
-    with sql.statement_cursor(connection) as cursor:
+    # A group's statement varies with its size: prepared only for one job.
+    with sql.statement_cursor(connection, prepare=len(done) == 1) as cursor:
         cursor.execute(statement, params)
         return {row[0] for row in cursor.fetchall()}
 

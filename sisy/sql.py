@@ -12,6 +12,7 @@ own ``get_db_prep_save()``. They behave like ``bulk_create()`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -27,52 +28,64 @@ except ImportError:  # Windows: sisy's writers wait as SQLite makes them
     fcntl = None  # type: ignore[assignment]
 
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Model
 from django.db.models.fields import AutoFieldMixin, Field
 
 from sisy.conf import sisy_settings
 
 logger = logging.getLogger("sisy.sql")
+db_logger = logging.getLogger("django.db.backends")
 
 _cache: dict[tuple[Any, ...], str] = {}
 
 
 @contextlib.contextmanager
-def statement_cursor(connection: Any) -> Iterator[Any]:
+def statement_cursor(connection: Any, prepare: bool = True) -> Iterator[Any]:
     """A cursor for sisy's hot-path statements: on PostgreSQL, prepared ones.
 
-    With psycopg 3 and :setting:`SISY_PREPARED_STATEMENTS`, statements run
-    with server-side binding and are prepared on the connection the first
-    time (psycopg keeps the most recent ones), so the server neither parses
-    nor plans them again: about a third off each claim. Django's own cursor
-    is used otherwise: elsewhere, where the database's ``OPTIONS`` turn on
-    ``server_side_binding`` (psycopg's ``prepare_threshold`` then rules), and
-    where ``DISABLE_SERVER_SIDE_CURSORS`` is set, the setting Django asks for
-    behind PgBouncer's transaction pooling, where prepared statements do not
-    survive a transaction. Errors are Django's; statements are logged where
-    Django logs queries.
+    With psycopg 3 and :setting:`SISY_PREPARED_STATEMENTS`, a statement
+    whose text and parameter types do not vary (``prepare``: a claim, a
+    one-row update or insert) runs with server-side binding and is prepared
+    on the connection the first time (psycopg keeps the 100 most recent), so
+    the server neither parses nor plans it again: about a third off each
+    claim. Django's own cursor is used otherwise: for statements that vary
+    (bulk inserts, grouped completions), elsewhere than PostgreSQL, where the
+    database's ``OPTIONS`` turn on ``server_side_binding`` (psycopg's
+    ``prepare_threshold`` then rules), and where
+    ``DISABLE_SERVER_SIDE_CURSORS`` is set, the setting Django asks for behind
+    PgBouncer's transaction pooling, where prepared statements do not survive
+    a transaction. As with Django's cursor: its errors, its health check, its
+    ``execute_wrapper()`` hooks, its refusal inside a broken transaction, and
+    statements logged where Django logs queries.
     """
-    if not _prepares(connection):
+    if not prepare or not _prepares(connection):
         with connection.cursor() as django_cursor:
             yield django_cursor
         return
     import psycopg
 
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
-    raw_connection = connection.connection
-    if raw_connection.prepare_threshold is None:
-        # How Django leaves it with client-side binding: nothing is prepared,
-        # even when asked. Now only what is asked (prepare=True) is.
-        raw_connection.prepare_threshold = ONLY_WHEN_ASKED
     # Not connection.cursor(): Django makes it a ClientCursor, which binds
     # parameters on the client and cannot prepare.
-    with connection.wrap_database_errors, psycopg.Cursor(raw_connection) as raw:
-        yield _PreparedCursor(connection, raw)
+    try:
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as raw:
+            yield _PreparedCursor(connection, raw)
+    except DatabaseError as exc:
+        # "cached plan must not change result type" (a migration changed a
+        # column) or "prepared statement does not exist" (a pooler's other
+        # server connection): the prepared statements are unusable on this
+        # connection, which is dropped so that the next statement reconnects.
+        unusable = getattr(exc.__cause__, "sqlstate", None) in ("0A000", "26000")
+        if unusable and not connection.in_atomic_block:
+            connection.close()
+        raise
 
 
-#: psycopg's ``prepare_threshold`` that sisy sets where Django left none
-#: (client-side binding): queries are prepared only when asked to.
+#: psycopg's ``prepare_threshold`` while sisy runs a statement where Django
+#: left none (client-side binding): prepared only when asked to. It is put
+#: back afterwards, so psycopg keeps no count of Django's own queries.
 ONLY_WHEN_ASKED = 2**31 - 1
 
 
@@ -84,9 +97,13 @@ def _prepares(connection: Any) -> bool:
         return False
     if (settings_dict.get("OPTIONS") or {}).get("server_side_binding"):
         return False  # Django's cursors bind on the server: psycopg's own prepare_threshold rules
+    return _psycopg3() and sisy_settings.PREPARED_STATEMENTS
+
+
+def _psycopg3() -> bool:
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-    return is_psycopg3 and sisy_settings.PREPARED_STATEMENTS
+    return bool(is_psycopg3)
 
 
 class _PreparedCursor:
@@ -98,16 +115,33 @@ class _PreparedCursor:
         self._connection, self._raw = connection, raw
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        if not self._connection.queries_logged:
-            self._raw.execute(sql, params, prepare=True)
+        connection = self._connection
+        connection.validate_no_broken_transaction()
+        executor: Callable[..., Any] = self._execute
+        for wrapper in reversed(connection.execute_wrappers):
+            executor = functools.partial(wrapper, executor)
+        context = {"connection": connection, "cursor": self}
+        if not connection.queries_logged:
+            executor(sql, params, False, context)
             return
         started = time.monotonic()
         try:
+            executor(sql, params, False, context)
+        finally:
+            duration = time.monotonic() - started
+            connection.queries_log.append({"sql": sql, "time": f"{duration:.3f}"})
+            db_logger.debug("(%.3f) %s; args=%s; alias=%s", duration, sql, params, connection.alias)
+
+    def _execute(self, sql: str, params: Sequence[Any], many: bool, context: Any) -> None:
+        raw_connection = self._raw.connection
+        if raw_connection.prepare_threshold is not None:
+            self._raw.execute(sql, params, prepare=True)
+            return
+        raw_connection.prepare_threshold = ONLY_WHEN_ASKED
+        try:
             self._raw.execute(sql, params, prepare=True)
         finally:
-            self._connection.queries_log.append(
-                {"sql": sql, "time": f"{time.monotonic() - started:.3f}"}
-            )
+            raw_connection.prepare_threshold = None
 
     def fetchall(self) -> list[Any]:
         return list(self._raw.fetchall())
@@ -154,13 +188,13 @@ def insert(model: type[Model], objs: Rows, using: str | None = None) -> None:
         return
     using = using or router.db_for_write(model)
     connection = connections[using]
-    if connection.vendor == "postgresql" and len(objs) >= COPY_FROM_ROWS:
+    if connection.vendor == "postgresql" and len(objs) >= COPY_FROM_ROWS and _psycopg3():
         _copy(connection, model, objs)
         _saved(objs, using)
         return
     fields = _insert_fields(model)
     size = len(objs) if len(objs) == 1 else max(1, connection.ops.bulk_batch_size(fields, objs))
-    with statement_cursor(connection) as cursor:
+    with statement_cursor(connection, prepare=len(objs) == 1) as cursor:
         for start in range(0, len(objs), size):
             batch = objs[start : start + size]
             sql = _insert_sql(connection, model, len(batch))
@@ -215,6 +249,7 @@ def insert_together(groups: Sequence[tuple[type[Model], Rows]], using: str) -> N
             for model, objs in groups:
                 insert(model, objs, using)
         return
+    one_each = all(len(objs) == 1 for _, objs in groups)
     statements = [_insert_sql(connection, model, len(objs)) for model, objs in groups]
     sql = (
         "WITH "
@@ -226,10 +261,13 @@ def insert_together(groups: Sequence[tuple[type[Model], Rows]], using: str) -> N
     if connection.in_atomic_block:
         # Within the caller's transaction: a savepoint, so that a failed insert
         # (a job id already taken) leaves that transaction usable.
-        with transaction.atomic(using=using), statement_cursor(connection) as cursor:
+        with (
+            transaction.atomic(using=using),
+            statement_cursor(connection, prepare=one_each) as cursor,
+        ):
             cursor.execute(sql, params)
     else:
-        with statement_cursor(connection) as cursor:
+        with statement_cursor(connection, prepare=one_each) as cursor:
             cursor.execute(sql, params)
     for _, objs in groups:
         _saved(objs, using)
@@ -494,9 +532,14 @@ def update(
     prepared = _prepared_update(connection, model, values, where)
     if prepared is None:
         return 0
-    with statement_cursor(connection) as cursor:
+    with statement_cursor(connection, prepare=_scalar(where)) as cursor:
         cursor.execute(*prepared)
         return int(cursor.rowcount)
+
+
+def _scalar(where: Mapping[str, Any]) -> bool:
+    """Whether no condition is an ``IN`` list (whose length would vary the statement)."""
+    return not any(isinstance(value, (list, tuple)) for value in where.values())
 
 
 def update_if_parent_updated(

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import NotSupportedError, connection
 from django.test.utils import CaptureQueriesContext
 
 import sisy
@@ -267,3 +267,50 @@ def test_hot_statements_are_prepared_on_postgresql(settings: Any) -> None:
     finally:
         del settings.DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"]
     assert sql._prepares(connection)
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared on PostgreSQL only")
+def test_prepared_statements_behave_as_django_cursors_do() -> None:
+    seen: list[str] = []
+
+    def spy(execute: Any, sql_text: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql_text)
+        return execute(sql_text, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        job = sisy.submit({"record": {"label": "a"}})
+    assert [s for s in seen if s.startswith("WITH")]  # the submit's one statement
+    if sql._prepares(connection):
+        # psycopg counts no query of Django's: it prepares only what sisy asks.
+        assert connection.connection.prepare_threshold is None
+    before = prepared_statements()
+    sql.update(Job, {"priority": 1}, {"job_id": [job.pk]})  # an IN list: not prepared
+    assert prepared_statements() == before
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared on PostgreSQL only")
+def test_prepared_statements_spoilt_by_a_migration_cost_one_error() -> None:
+    import psycopg
+
+    if not sql._prepares(connection):
+        pytest.skip("sisy prepares nothing with these database options")
+    job = sisy.submit({"record": {"label": "a"}})
+    table, column = Job._meta.db_table, Job._meta.get_field("job_title").column
+    statement = f'UPDATE "{table}" SET "priority" = %s WHERE "job_id" = %s RETURNING *'
+    with sql.statement_cursor(connection) as cursor:
+        cursor.execute(statement, [1, job.pk])  # prepared, with its result type
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as other:  # a migration, elsewhere
+        other.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE varchar(201)')
+    try:
+        with pytest.raises(NotSupportedError), sql.statement_cursor(connection) as cursor:
+            cursor.execute(statement, [2, job.pk])
+        assert connection.connection is None  # dropped: the next statement reconnects
+        with sql.statement_cursor(connection) as cursor:
+            cursor.execute(statement, [3, job.pk])
+        assert Job.objects.get(pk=job.pk).priority == 3
+    finally:
+        with psycopg.connect(**params, autocommit=True) as other:
+            other.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE varchar(200)')
