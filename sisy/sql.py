@@ -542,50 +542,6 @@ def _scalar(where: Mapping[str, Any]) -> bool:
     return not any(isinstance(value, (list, tuple)) for value in where.values())
 
 
-def update_if_parent_updated(
-    parent: tuple[type[Model], Mapping[str, Any], Mapping[str, Any]],
-    child: tuple[type[Model], Mapping[str, Any], Mapping[str, Any]],
-    link: str,
-    using: str,
-) -> int:
-    """Update a parent row, then a child row only if the parent's update matched.
-
-    ``parent`` and ``child`` are ``(model, values, where)`` as for
-    :func:`update`; ``link`` is the child's foreign key to the parent. On
-    PostgreSQL this is one statement (the parent's ``UPDATE`` in a ``WITH``
-    clause), atomic by itself: one round trip and, outside a transaction, one
-    commit. Elsewhere the two updates run in one transaction. Returns the
-    child's row count: 0 means that neither row changed.
-    """
-    connection = connections[using]
-    first = _prepared_update(connection, *parent)
-    second = _prepared_update(connection, *child)
-    if first is None or second is None:
-        return 0
-    if connection.vendor != "postgresql":
-        with (
-            writer_queue.turn(connection),
-            transaction.atomic(using=using),
-            statement_cursor(connection) as cursor,
-        ):
-            cursor.execute(*first)
-            if cursor.rowcount == 0:
-                return 0
-            cursor.execute(*second)
-            return int(cursor.rowcount)
-    parent_model, child_model = parent[0], child[0]
-    quote = connection.ops.quote_name
-    pk = quote(str(parent_model._meta.pk.column))  # type: ignore[union-attr,unused-ignore]
-    column = quote(str(_field(child_model._meta, link).column))
-    sql = (
-        f"WITH sisy_parent AS ({first[0]} RETURNING {pk}) "  # noqa: S608 (identifiers from _meta)
-        f"{second[0]} AND {column} IN (SELECT {pk} FROM sisy_parent)"
-    )
-    with statement_cursor(connection) as cursor:
-        cursor.execute(sql, [*first[1], *second[1]])
-        return int(cursor.rowcount)
-
-
 def _prepared_update(
     connection: Any, model: type[Model], values: Mapping[str, Any], where: Mapping[str, Any]
 ) -> tuple[str, list[Any]] | None:
