@@ -97,6 +97,7 @@ _ROW = (
 )
 
 _statements: dict[tuple[str, int], str] = {}
+_row_preparers: dict[str, list[Any]] = {}
 
 
 def _write_postgresql(connection: Any, done: list[Success]) -> set[Any]:
@@ -104,7 +105,11 @@ def _write_postgresql(connection: Any, done: list[Success]) -> set[Any]:
     statement = _statements.get(key)
     if statement is None:
         statement = _statements[key] = _statement(connection, len(done))
-    prepare = [sql._preparer(connection, sql._field(model._meta, name)) for model, name in _ROW]
+    prepare = _row_preparers.get(connection.alias)
+    if prepare is None:
+        prepare = _row_preparers[connection.alias] = [
+            sql._preparer(connection, sql._field(model._meta, name)) for model, name in _ROW
+        ]
     params: list[Any] = []
     for s in done:
         row = (s.job.pk, s.job.attempts, s.job.worker, s.task.pk, s.started, s.finished, s.result)
