@@ -7,6 +7,10 @@ message with four commands, each waiting for the one before:
 commands as one Lua script, so a send is one round trip, and the capacity
 check and the add can no longer interleave with another sender's.
 
+It also offers :meth:`RedisChannelLayer.receive_hint`, the receive sisy's
+workers use for wake-ups and clock ticks: one blocking pop, without the
+backup queue channels-redis keeps for messages that must not be lost.
+
 Everything else is channels-redis's own: the keys, the serialised message,
 the choice of server (round-robin for a general channel, consistent hash for
 a process-local one), receive, groups, flush. A process using it and one using
@@ -106,6 +110,31 @@ class RedisChannelLayer(_CoreLayer):
             client.script_load(SEND_SCRIPT)
             added = client.evalsha(SEND_SCRIPT_SHA, 1, key, *args)
         _check_added(added)
+
+    async def receive_hint(self, channel: str) -> dict[str, Any]:
+        """Receive the next message on ``channel``, a message that may be lost.
+
+        One ``BZPOPMIN``, where :meth:`receive` costs three commands (and the
+        last of them waits for the pop): channels-redis first moves the
+        channel's backup queue back onto it (a script), and copies each
+        message it pops to that backup until a later command removes it, so
+        that a receive cancelled at the wrong moment loses nothing. A sisy
+        wake-up or clock tick needs none of that: the database row is the
+        truth, and a lost wake-up is sent again by the sweep (a lost tick,
+        by the next tick). Only for channel names without ``!`` (what sisy
+        listens on); others go to :meth:`receive`. The messages are the ones
+        :meth:`send` (or channels-redis's) writes.
+        """
+        if "!" in channel:
+            return await self.receive(channel)
+        assert self.require_valid_channel_name(channel, receive=True), "Channel name not valid"
+        key = self.prefix + channel
+        while True:
+            connection = self.connection(next(self._receive_index_generator))
+            popped = await connection.bzpopmin(key, timeout=self.brpop_timeout)
+            if popped is not None:
+                message: dict[str, Any] = self.deserialize(popped[1])
+                return message
 
     def _sync_client(self, index: int) -> redis.Redis:
         client = self._sync_clients.get(index)

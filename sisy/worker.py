@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -186,6 +187,14 @@ class SisyWorker(Worker):
     async def listener(self, channel: str) -> None:
         scope = {"type": "channel", "channel": channel}
         backoff = 0.1
+        # sisy's layer pops a wake-up in one command (no backup queue: a lost
+        # wake-up is sent again by the sweep); any other layer, its receive.
+        receive_hint = getattr(type(self.channel_layer), "receive_hint", None)
+        receive = (
+            self.channel_layer.receive
+            if receive_hint is None
+            else functools.partial(receive_hint, self.channel_layer)
+        )
         if channel != sisy_settings.HEARTBEAT_CHANNEL:
             # Start on the backlog at once: the wake-ups of jobs queued while no
             # worker ran may be gone (expired, or taken by a process that died).
@@ -198,7 +207,7 @@ class SisyWorker(Worker):
             while self.get_or_create_application_instance(channel, scope).qsize() >= self.prefetch:
                 await asyncio.sleep(0.01)
             try:
-                message = await self.channel_layer.receive(channel)
+                message = await receive(channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

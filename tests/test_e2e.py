@@ -266,3 +266,18 @@ def test_a_tick_runs_while_the_worker_is_busy_with_a_long_job(workers: Workers, 
     wait_for(lambda: "re-sent 1 wake-up(s)" in workers.logs[0].read_text(), 3, "the tick's sweep")
     slow.refresh_from_db()
     assert slow.status == JobStatus.IN_PROGRESS  # the sweep did not wait for the job
+
+
+def test_a_worker_pops_wake_ups_with_one_command(workers: Workers, redis, settings) -> None:
+    if settings.CHANNEL_LAYERS["default"]["BACKEND"] != "sisy.layers.RedisChannelLayer":
+        pytest.skip("sisy's layer only")
+    workers.start("--worker-id", "lean-1")
+    wait_for(lambda: redis.get("worker:lean-1"), 20, "worker up")
+    redis.config_resetstat()
+    job = finished(sisy.submit({"record": {"label": "lean"}}))
+    assert job.status == JobStatus.SUCCEEDED
+    calls = {name: value["calls"] for name, value in redis.info("commandstats").items()}
+    assert calls.get("cmdstat_bzpopmin", 0) >= 1, calls
+    # channels-redis's receive: a backup script (EVAL), ZADD to the backup
+    # queue, then ZPOPMIN from it; the send is sisy's one script (EVALSHA).
+    assert "cmdstat_eval" not in calls and "cmdstat_zpopmin" not in calls, calls

@@ -233,3 +233,43 @@ def test_send_now_keeps_its_timeouts_and_leaves_out_asyncio_objects() -> None:
     assert options["socket_timeout"] == options["socket_connect_timeout"] == SEND_NOW_TIMEOUT
     assert options["db"] == 3 and options["health_check_interval"] == 7
     assert "retry" not in options
+
+
+def test_receive_hint_pops_with_one_command_and_keeps_no_backup(redis, redis_url: str) -> None:
+    async def go() -> list[Any]:
+        ours, core = RedisChannelLayer(hosts(redis_url)), CoreLayer(hosts(redis_url))
+        try:
+            await ours.send("sisy.test", {"type": "a", "n": 1})
+            await core.send("sisy.test", {"type": "b", "n": 2})
+            redis.config_resetstat()
+            received = [await ours.receive_hint("sisy.test"), await ours.receive_hint("sisy.test")]
+            stats = redis.info("commandstats")
+            calls = {name: v["calls"] for name, v in stats.items() if "config" not in name}
+            # channels-redis's receive would also run its backup script (EVAL),
+            # copy each message to the backup queue (ZADD) and drop it (ZPOPMIN).
+            assert calls == {"cmdstat_bzpopmin": 2}, calls
+            return received
+        finally:
+            await _closing(ours, core)
+
+    assert run(go()) == [{"type": "a", "n": 1}, {"type": "b", "n": 2}]
+    assert not redis.exists(KEY) and not redis.exists(KEY + "$inflight")
+
+
+def test_receive_hint_waits_for_a_message_and_leaves_process_local_channels_to_receive(
+    redis_url: str,
+) -> None:
+    async def go() -> list[Any]:
+        layer = RedisChannelLayer(hosts(redis_url))
+        try:
+            waiting = asyncio.ensure_future(layer.receive_hint("sisy.test"))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            await layer.send("sisy.test", {"type": "late"})
+            local = await layer.new_channel()
+            await layer.send(local, {"type": "reply"})
+            return [await asyncio.wait_for(waiting, 5), await layer.receive_hint(local)]
+        finally:
+            await layer.close_pools()
+
+    assert run(go()) == [{"type": "late"}, {"type": "reply"}]
