@@ -25,6 +25,7 @@ SWEEP_MAX_WAKEUPS = 10
 WORKER_PREFETCH = 10
 WORKER_CLAIM_BATCH = 50
 PREPARED_STATEMENTS = True
+CLAIM_ASYNC_COMMIT = True
 WORKER_SHUTDOWN_GRACE: float | None = 25.0
 TIME_LIMIT_GRACE = 5.0
 MODULES: tuple[str, ...] = ()
@@ -230,6 +231,13 @@ class Settings:
         value = self._get("SISY_PREPARED_STATEMENTS", PREPARED_STATEMENTS)
         if not isinstance(value, bool):
             raise ValueError(f"SISY_PREPARED_STATEMENTS must be True or False, not {value!r}")
+        return value
+
+    @property
+    def CLAIM_ASYNC_COMMIT(self) -> bool:
+        value = self._get("SISY_CLAIM_ASYNC_COMMIT", CLAIM_ASYNC_COMMIT)
+        if not isinstance(value, bool):
+            raise ValueError(f"SISY_CLAIM_ASYNC_COMMIT must be True or False, not {value!r}")
         return value
 
     def validate(self) -> list[str]:

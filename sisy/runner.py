@@ -118,7 +118,7 @@ def _returning_supported() -> bool:
     return False
 
 
-_claim_sql: dict[tuple[str, bool], str] = {}
+_claim_sql: dict[tuple[str, bool, bool], str] = {}
 
 
 def _claim_returning(
@@ -135,10 +135,19 @@ def _claim_returning(
         params = [JobStatus.QUEUED, channel, when(now), limit, *claimed]
         if connection.vendor != "postgresql":  # see _claim_statement
             params.append(JobStatus.QUEUED)
-    key = (using, pk is not None)
+    # See _claim_statement. Only when the claim is its own transaction: in
+    # a longer one, that transaction's commit would be asynchronous too.
+    asynchronous = (
+        connection.vendor == "postgresql"
+        and sisy_settings.CLAIM_ASYNC_COMMIT
+        and connection.get_autocommit()
+    )
+    key = (using, pk is not None, asynchronous)
     statement = _claim_sql.get(key)
     if statement is None:
-        statement = _claim_sql[key] = _claim_statement(connection, by_pk=pk is not None)
+        statement = _claim_sql[key] = _claim_statement(
+            connection, by_pk=pk is not None, asynchronous=asynchronous
+        )
     if connection.vendor != "postgresql":
         with sql.writer_queue.turn(connection):
             claimed = sql.fetch(Job, statement, params, using)
@@ -156,7 +165,17 @@ def _claim_returning(
     return list(by_pk.values())
 
 
-def _claim_statement(connection: Any, by_pk: bool) -> str:
+def _claim_statement(connection: Any, by_pk: bool, asynchronous: bool = False) -> str:
+    """The claim: by primary key, or of up to ``limit`` jobs in queue order.
+
+    ``asynchronous`` (PostgreSQL, outside a transaction): the claim commits
+    without waiting for its WAL to reach the disk (``synchronous_commit``
+    off for this one transaction; see :setting:`SISY_CLAIM_ASYNC_COMMIT`).
+    A claim that a server crash loses leaves its jobs queued, as if never
+    claimed: they run again, as at-least-once allows. Whatever the worker
+    writes next (a completion, a renewed lease) commits durably, and the
+    WAL reaches the disk in order, so from then on the claim is durable too.
+    """
     meta = Job._meta
     column = {f.name: connection.ops.quote_name(str(f.column)) for f in meta.concrete_fields}
     table = connection.ops.quote_name(meta.db_table)
@@ -209,9 +228,18 @@ def _claim_statement(connection: Any, by_pk: bool) -> str:
     position = sql.column(connection, JobTask, "position")
     tasks = connection.ops.quote_name(JobTask._meta.db_table)
     ctes.append(f"sisy_claimed AS ({update})")
+    joined = ""
+    if asynchronous:
+        # set_config(..., true) is SET LOCAL: it lasts until this statement's
+        # own transaction commits, and the commit reads it. Volatile, so the
+        # CTE is run (once) rather than folded away; the join keeps it read.
+        ctes.append(
+            "sisy_async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS v)"
+        )
+        joined = " CROSS JOIN sisy_async_commit"
     return (
         f"WITH {', '.join(ctes)} SELECT {sql.columns(connection, Job, 'sisy_claimed')}, "  # noqa: S608
-        f"{sql.columns(connection, JobTask, 't')} FROM sisy_claimed LEFT JOIN {tasks} t "
+        f"{sql.columns(connection, JobTask, 't')} FROM sisy_claimed{joined} LEFT JOIN {tasks} t "
         f"ON t.{job_column} = sisy_claimed.{column['job_id']} "
         f"ORDER BY sisy_claimed.{column['job_id']}, t.{position}"
     )

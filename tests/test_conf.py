@@ -34,6 +34,7 @@ def test_overrides_apply_at_once() -> None:
         ("SISY_JOB_LEASE", 0.1, "SISY_JOB_LEASE must be longer than"),
         ("SISY_REDISPATCH_AFTER", -1, "SISY_REDISPATCH_AFTER must be a number >= 0"),
         ("SISY_PREPARED_STATEMENTS", "no", "SISY_PREPARED_STATEMENTS must be True or False"),
+        ("SISY_CLAIM_ASYNC_COMMIT", 1, "SISY_CLAIM_ASYNC_COMMIT must be True or False"),
     ],
 )
 def test_invalid_values_name_the_setting(name: str, value: object, message: str) -> None:

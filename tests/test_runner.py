@@ -553,3 +553,58 @@ def test_run_jobs_runs_the_queued_jobs_of_each_channel_named() -> None:
     assert run_jobs(["sisy.run", "sisy.other"]) == 1
     assert sorted(recorded("runs")) == ["default", "other"]
     assert Job.objects.get(pk=later.pk).status == JobStatus.QUEUED
+
+
+def _commit_mode_of_claims(by_pk: bool, state: WorkerState) -> list[str]:
+    """Run a claim in a transaction of its own; read ``synchronous_commit`` before it commits.
+
+    The claim runs as usual, in autocommit mode; a wrapper opens the
+    transaction around it, reads the setting on the same connection, and
+    commits it, so what is read is what the claim's own commit would use.
+    """
+    seen: list[str] = []
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if "RETURNING" not in sql:
+            return execute(sql, params, many, context)
+        raw = context["connection"].connection
+        raw.execute("BEGIN")
+        try:
+            result = execute(sql, params, many, context)
+            row = raw.execute("SHOW synchronous_commit").fetchone()
+            seen.append(row[0])
+        finally:
+            raw.execute("COMMIT")
+        return result
+
+    job = sisy.submit({"record": {"label": "a"}})
+    with connection.execute_wrapper(wrapper):
+        if by_pk:
+            claimed = [runner.claim(job.job_id, state, CHANNEL)]
+        else:
+            claimed = runner.claim_batch(state, CHANNEL, 10)
+    assert [j.pk for j in claimed if j is not None] == [job.pk]
+    assert Job.objects.get(pk=job.pk).status == JobStatus.IN_PROGRESS  # committed
+    return seen
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL setting")
+@pytest.mark.parametrize("by_pk", [True, False], ids=["by-pk", "batch"])
+def test_claims_commit_asynchronously_on_postgresql(
+    by_pk: bool, state: WorkerState, settings: Any
+) -> None:
+    assert _commit_mode_of_claims(by_pk, state) == ["off"]
+    settings.SISY_CLAIM_ASYNC_COMMIT = False
+    assert _commit_mode_of_claims(by_pk, state) == ["on"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL setting")
+def test_a_claim_inside_a_transaction_leaves_its_commit_alone(state: WorkerState) -> None:
+    from django.db import transaction
+
+    job = sisy.submit({"record": {"label": "a"}})
+    with transaction.atomic():
+        assert runner.claim(job.job_id, state, CHANNEL) is not None
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
