@@ -113,7 +113,8 @@ def check_modules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
 
 
 CORE_LAYER = "channels_redis.core.RedisChannelLayer"
-#: Layers that pop with channels-redis's blocking receive (sisy's only changes send).
+#: Layers that pop with channels-redis's blocking pop and its timeout (sisy's
+#: receive_hint too).
 CORE_LAYERS = (CORE_LAYER, "sisy.layers.RedisChannelLayer")
 #: channels-redis's RedisChannelLayer waits this long in one blocking pop.
 BLOCKING_POP_SECONDS = 5
@@ -197,14 +198,8 @@ def check_routing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
 
 
 def _channel_routes(application: Any) -> set[str] | None:
-    """The channel names a ProtocolTypeRouter/ChannelNameRouter routes; None if unknowable."""
-    from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+    """The channel names ``application`` routes; None if unknowable."""
+    from sisy.routing import routed
 
-    if isinstance(application, ProtocolTypeRouter):
-        channel_app = application.application_mapping.get("channel")
-        if channel_app is None:
-            return set()
-        application = channel_app
-    if isinstance(application, ChannelNameRouter):
-        return set(application.application_mapping)
-    return None
+    routes = routed(application)
+    return None if routes is None else set(routes)

@@ -44,6 +44,19 @@ return 1
 """
 SEND_SCRIPT_SHA = hashlib.sha1(SEND_SCRIPT, usedforsecurity=False).hexdigest()
 
+#: KEYS[1]: a channel's sorted set; KEYS[2]: channels-redis's backup queue of
+#: it (messages popped by a receive that had not finished with them). Moves
+#: the backup's messages back onto the channel, with their scores, and
+#: returns how many there were.
+RESTORE_SCRIPT = b"""
+local held = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #held, 2 do
+    redis.call('ZADD', KEYS[1], held[i + 1], held[i])
+end
+redis.call('DEL', KEYS[2])
+return #held / 2
+"""
+
 
 class RedisChannelLayer(_CoreLayer):
     """channels-redis's core layer, with a send that is one round trip (a Lua script).
@@ -57,6 +70,7 @@ class RedisChannelLayer(_CoreLayer):
         super().__init__(*args, **kwargs)
         self._sync_clients: dict[int, redis.Redis] = {}
         self._sync_lock = threading.Lock()
+        self._restored: set[tuple[str, int]] = set()
 
     def _send_args(self, channel: str, message: dict[str, Any]) -> tuple[str, int, tuple[Any, ...]]:
         """The key, the server index and the script's arguments for one send."""
@@ -123,17 +137,24 @@ class RedisChannelLayer(_CoreLayer):
         truth, and a lost wake-up is sent again by the sweep (a lost tick,
         by the next tick). Only for channel names without ``!`` (what sisy
         listens on); others go to :meth:`receive`. The messages are the ones
-        :meth:`send` (or channels-redis's) writes.
+        :meth:`send` (or channels-redis's) writes. The first receive on each
+        channel and server moves back onto the channel whatever channels-redis's
+        receive left in its backup queue there, as that receive does.
         """
         if "!" in channel:
             return await self.receive(channel)
         assert self.require_valid_channel_name(channel, receive=True), "Channel name not valid"
         key = self.prefix + channel
         while True:
-            connection = self.connection(next(self._receive_index_generator))
+            index = next(self._receive_index_generator)
+            connection = self.connection(index)
+            if (key, index) not in self._restored:
+                await connection.eval(RESTORE_SCRIPT, 2, key, self._backup_channel_name(key))
+                self._restored.add((key, index))
             popped = await connection.bzpopmin(key, timeout=self.brpop_timeout)
             if popped is not None:
                 message: dict[str, Any] = self.deserialize(popped[1])
+                message.pop("__asgi_channel__", None)  # group_send's, as receive drops it
                 return message
 
     def _sync_client(self, index: int) -> redis.Redis:

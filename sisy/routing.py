@@ -28,6 +28,41 @@ def channel_routes() -> dict[str, Any]:
     }
 
 
+def routed(application: Any) -> dict[str, Any] | None:
+    """``{channel name: application}`` as ``application`` routes channels; ``None`` if unknowable.
+
+    Reads a ``ChannelNameRouter``, alone or as the ``"channel"`` entry of a
+    ``ProtocolTypeRouter``; anything else (a custom router) is unknowable.
+    """
+    from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+
+    if isinstance(application, ProtocolTypeRouter):
+        channel_app = application.application_mapping.get("channel")
+        if channel_app is None:
+            return {}
+        application = channel_app
+    if isinstance(application, ChannelNameRouter):
+        return dict(application.application_mapping)
+    return None
+
+
+def sisy_channels(application: Any) -> set[str]:
+    """The channels ``application`` routes to sisy's consumers (wake-ups and clock ticks).
+
+    When the routing cannot be read, :setting:`SISY_RUN_CHANNEL` and
+    :setting:`SISY_HEARTBEAT_CHANNEL`.
+    """
+    routes = routed(application)
+    if routes is None:
+        return set(channel_names())
+    return {
+        name
+        for name, app in routes.items()
+        if isinstance(getattr(app, "consumer_class", None), type)
+        and issubclass(app.consumer_class, (RunConsumer, HeartbeatConsumer))
+    }
+
+
 def channel_names() -> list[str]:
     """The channels a sisy worker listens on by default."""
     return [sisy_settings.RUN_CHANNEL, sisy_settings.HEARTBEAT_CHANNEL]

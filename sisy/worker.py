@@ -84,6 +84,11 @@ class SisyWorker(Worker):
         prefetch: int | None = None,
     ) -> None:
         super().__init__(application, channels, channel_layer)
+        from sisy.routing import sisy_channels
+
+        #: Channels whose messages are sisy's wake-ups and ticks, which may be
+        #: lost: popped with the layer's ``receive_hint`` when it has one.
+        self.hint_channels = sisy_channels(application)
         self.state = worker_state
         self.prefetch = prefetch or sisy_settings.WORKER_PREFETCH
         self._stop: asyncio.Event | None = None
@@ -188,12 +193,13 @@ class SisyWorker(Worker):
         scope = {"type": "channel", "channel": channel}
         backoff = 0.1
         # sisy's layer pops a wake-up in one command (no backup queue: a lost
-        # wake-up is sent again by the sweep); any other layer, its receive.
+        # wake-up is sent again by the sweep); other channels and other
+        # layers receive as usual.
         receive_hint = getattr(type(self.channel_layer), "receive_hint", None)
         receive = (
-            self.channel_layer.receive
-            if receive_hint is None
-            else functools.partial(receive_hint, self.channel_layer)
+            functools.partial(receive_hint, self.channel_layer)
+            if receive_hint is not None and channel in self.hint_channels
+            else self.channel_layer.receive
         )
         if channel != sisy_settings.HEARTBEAT_CHANNEL:
             # Start on the backlog at once: the wake-ups of jobs queued while no

@@ -239,6 +239,8 @@ def test_receive_hint_pops_with_one_command_and_keeps_no_backup(redis, redis_url
     async def go() -> list[Any]:
         ours, core = RedisChannelLayer(hosts(redis_url)), CoreLayer(hosts(redis_url))
         try:
+            await ours.send("sisy.test", {"type": "a", "n": 0})
+            await ours.receive_hint("sisy.test")  # the first also looks at the backup queue
             await ours.send("sisy.test", {"type": "a", "n": 1})
             await core.send("sisy.test", {"type": "b", "n": 2})
             redis.config_resetstat()
@@ -273,3 +275,56 @@ def test_receive_hint_waits_for_a_message_and_leaves_process_local_channels_to_r
             await layer.close_pools()
 
     assert run(go()) == [{"type": "late"}, {"type": "reply"}]
+
+
+def test_receive_hint_first_moves_back_what_channels_redis_left_in_its_backup(
+    redis, redis_url: str
+) -> None:
+    async def go() -> list[Any]:
+        ours, core = RedisChannelLayer(hosts(redis_url)), CoreLayer(hosts(redis_url))
+        try:
+            # What a channels-redis receive leaves when cancelled mid-way: the
+            # popped message in the channel's backup queue, not on the channel.
+            redis.zadd(KEY + "$inflight", {core.serialize({"type": "held"}): time.time() - 1})
+            await ours.send("sisy.test", {"type": "new"})
+            return [await ours.receive_hint("sisy.test"), await ours.receive_hint("sisy.test")]
+        finally:
+            await _closing(ours, core)
+
+    assert run(go()) == [{"type": "held"}, {"type": "new"}]  # in score order
+    assert not redis.exists(KEY + "$inflight")
+
+
+def test_a_worker_pops_with_receive_hint_only_on_channels_routed_to_sisy(redis_url: str) -> None:
+    from channels.consumer import AsyncConsumer
+    from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+
+    import sisy.routing
+    from sisy.consumers import RunConsumer
+    from sisy.state import WorkerState
+    from sisy.worker import SisyWorker
+
+    class Mine(AsyncConsumer):
+        pass
+
+    routes = {
+        **sisy.routing.channel_routes(),
+        "sisy.emails": RunConsumer.as_asgi(),
+        "mine": Mine.as_asgi(),
+    }
+    application = ProtocolTypeRouter({"channel": ChannelNameRouter(routes)})
+    layer = RedisChannelLayer(hosts(redis_url))
+    channels = list(routes)
+
+    def worker(app: Any) -> SisyWorker:
+        state = WorkerState(worker_id="w", channels=tuple(channels))
+        return SisyWorker(app, channels, layer, state)
+
+    expected = {*sisy.routing.channel_names(), "sisy.emails"}
+    assert worker(application).hint_channels == expected
+    assert worker(ChannelNameRouter(routes)).hint_channels == expected
+
+    async def custom(scope: Any, receive: Any, send: Any) -> None:  # a router sisy cannot read
+        pass
+
+    assert worker(custom).hint_channels == set(sisy.routing.channel_names())

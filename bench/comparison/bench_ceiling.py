@@ -4,7 +4,9 @@ No database and no job: one process sends ``--messages`` messages shaped like
 sisy's wake-ups on one channel, one after the other; another process receives
 them. This bounds what any worker built on the same channel layer and Redis can
 reach. ``--layer core`` measures channels-redis's ``RedisChannelLayer`` (four
-round trips a send), ``--layer sisy`` sisy's (one). Run by bench/compare.py::
+round trips a send, three commands a receive), ``--layer sisy`` sisy's (one
+round trip a send; a receive is ``receive_hint``, one command, as sisy's
+workers receive wake-ups). Run by bench/compare.py::
 
     python bench_ceiling.py --url redis://127.0.0.1:6390/0 --messages 20000 --layer sisy
 
@@ -46,8 +48,9 @@ async def receive(url: str, messages: int, kind: str) -> dict[str, Any]:
     await channel_layer.connection(0).ping()
     print("ready", flush=True)
     first = last = 0.0
+    receive_one = getattr(channel_layer, "receive_hint", channel_layer.receive)
     for index in range(messages):
-        await channel_layer.receive(CHANNEL)
+        await receive_one(CHANNEL)
         last = time.time()
         if index == 0:
             first = last
