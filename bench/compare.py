@@ -230,6 +230,53 @@ def run_ceiling(redis_url: str, messages: int, layer: str) -> dict[str, Any]:
     return result
 
 
+#: Statements per figure of :func:`run_floor`.
+FLOOR_STATEMENTS = 1000
+
+
+def run_floor(pg_name: str, redis_url: str) -> dict[str, Any]:
+    """What one PostgreSQL statement and one Redis command cost here, with no sisy at all.
+
+    In this process, with psycopg 3 in autocommit mode (as sisy's worker and
+    ``sisy.submit`` run): the mean time of a ``SELECT 1``, of a one-row
+    ``INSERT`` committed durably, and of the same with ``synchronous_commit``
+    off, over :data:`FLOOR_STATEMENTS` each, on a table made for it in the
+    benchmark's database; and of a Redis ``PING``. The durable insert is the
+    least a submit that must survive a crash can cost on this disk.
+    """
+    import psycopg
+    import redis
+
+    def mean_us(action: Callable[[int], Any]) -> float:
+        for n in range(50):  # warm: connection, plans, caches
+            action(n)
+        began = time.perf_counter()
+        for n in range(FLOOR_STATEMENTS):
+            action(n)
+        return (time.perf_counter() - began) / FLOOR_STATEMENTS * 1e6
+
+    try:
+        with psycopg.connect(PG_ADMIN, dbname=pg_name, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (n integer)")
+            try:
+                figures = {"pg_select_us": mean_us(lambda n: conn.execute("SELECT 1"))}
+
+                def insert(n: int) -> Any:
+                    return conn.execute("INSERT INTO bench_floor VALUES (%s)", (n,), prepare=True)
+
+                figures["pg_insert_durable_us"] = mean_us(insert)
+                conn.execute("SET synchronous_commit = off")
+                figures["pg_insert_async_us"] = mean_us(insert)
+            finally:
+                conn.execute("DROP TABLE bench_floor")
+        client = redis.Redis.from_url(redis_url)
+        figures["redis_ping_us"] = mean_us(lambda n: client.ping())
+        client.close()
+    except Exception as exc:  # a figure of context: report it, go on
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return figures
+
+
 def log(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S} load {os.getloadavg()[0]:.2f}] {message}", flush=True)
 
@@ -463,8 +510,27 @@ def aggregate(report: dict[str, Any]) -> dict[str, Any]:
         for run_key, suffix in (("ceiling", ""), ("ceiling_sisy", "_sisy"))
         for key in ("end_to_end_per_s", "send_per_s")
     }
+    floor = {
+        key: summary([r["floor"][key] for r in runs if r.get("floor", {}).get(key)])
+        for key, _ in FLOOR_LABELS
+    }
     metrics = {m.key: {"label": m.label, "better": m.better} for m in METRICS + MEMORY_METRICS}
-    return {"metrics": metrics, "table": table, "memory": memory, "ceiling": ceiling}
+    return {
+        "metrics": metrics,
+        "table": table,
+        "memory": memory,
+        "ceiling": ceiling,
+        "floor": floor,
+    }
+
+
+#: run_floor's figures, as the sisy-only table names them.
+FLOOR_LABELS = [
+    ("pg_select_us", "Floor: PostgreSQL SELECT 1 (a round trip), µs"),
+    ("pg_insert_durable_us", "Floor: PostgreSQL one-row INSERT, durable commit, µs"),
+    ("pg_insert_async_us", "Floor: PostgreSQL one-row INSERT, synchronous_commit off, µs"),
+    ("redis_ping_us", "Floor: Redis PING, µs"),
+]
 
 
 # --------------------------------------------------------------------------- writing
@@ -483,7 +549,7 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def extra_rows(report: dict[str, Any]) -> list[list[str]]:
-    """sisy-only figures: memory over many jobs, and the channel layer's ceiling."""
+    """sisy-only figures: memory over many jobs, the channel layer's ceiling, the floors."""
     count = len(report["runs"])
     out = []
     for metric in MEMORY_METRICS:
@@ -510,6 +576,10 @@ def extra_rows(report: dict[str, Any]) -> list[list[str]]:
                 cell(ceiling[f"send_per_s{suffix}"], count),
             ]
         )
+    floor = report["summary"].get("floor", {})
+    for key, label in FLOOR_LABELS:
+        if floor.get(key):
+            out.append([label, cell(floor[key], count)])
     return out
 
 
@@ -581,7 +651,7 @@ def errors(report: dict[str, Any]) -> list[str]:
         for system, result in run["systems"].items():
             if "error" in result:
                 found.append(f"run {index}, {SYSTEMS[system][1]}: {gist(result['error'])}")
-        for key in ("ceiling", "ceiling_sisy"):
+        for key in ("ceiling", "ceiling_sisy", "floor"):
             if "error" in run.get(key, {}):
                 found.append(f"run {index}, {key}: {gist(run[key]['error'])}")
     return found
@@ -868,6 +938,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     log(f"  done in {result['elapsed_s']:.0f}s")
                 run["systems"][system] = result
+            if "sisy-postgres" in systems:
+                run["floor"] = run_floor(extra["sisy-postgres"]["BENCH_PG_NAME"], redis_url)
             if "ceiling" in args.selected:
                 log(f"run {index + 1}/{args.runs}: ceiling")
                 run["ceiling"] = run_ceiling(redis_url, args.sizes.ceiling_messages, "core")
