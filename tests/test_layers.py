@@ -293,38 +293,3 @@ def test_receive_hint_first_moves_back_what_channels_redis_left_in_its_backup(
 
     assert run(go()) == [{"type": "held"}, {"type": "new"}]  # in score order
     assert not redis.exists(KEY + "$inflight")
-
-
-def test_a_worker_pops_with_receive_hint_only_on_channels_routed_to_sisy(redis_url: str) -> None:
-    from channels.consumer import AsyncConsumer
-    from channels.routing import ChannelNameRouter, ProtocolTypeRouter
-
-    import sisy.routing
-    from sisy.consumers import RunConsumer
-    from sisy.state import WorkerState
-    from sisy.worker import SisyWorker
-
-    class Mine(AsyncConsumer):
-        pass
-
-    routes = {
-        **sisy.routing.channel_routes(),
-        "sisy.emails": RunConsumer.as_asgi(),
-        "mine": Mine.as_asgi(),
-    }
-    application = ProtocolTypeRouter({"channel": ChannelNameRouter(routes)})
-    layer = RedisChannelLayer(hosts(redis_url))
-    channels = list(routes)
-
-    def worker(app: Any) -> SisyWorker:
-        state = WorkerState(worker_id="w", channels=tuple(channels))
-        return SisyWorker(app, channels, layer, state)
-
-    expected = {*sisy.routing.channel_names(), "sisy.emails"}
-    assert worker(application).hint_channels == expected
-    assert worker(ChannelNameRouter(routes)).hint_channels == expected
-
-    async def custom(scope: Any, receive: Any, send: Any) -> None:  # a router sisy cannot read
-        pass
-
-    assert worker(custom).hint_channels == set(sisy.routing.channel_names())
