@@ -6,13 +6,15 @@ body is logged and dropped, never raised into the worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.consumer import AsyncConsumer, SyncConsumer
+from channels.exceptions import StopConsumer
 from django.db import close_old_connections
 
 from sisy import clock, runner, worker
@@ -30,6 +32,18 @@ class _TolerantConsumer(SyncConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sync_handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # What Channels' consumer does without a channel layer of its own,
+        # minus its general loop over several sources (a task per message
+        # and asyncio.wait): one source here, so each message is awaited
+        # and dispatched directly, a few event-loop turns sooner.
+        self.scope = scope
+        self.channel_layer = None  # as Channels sets it for channel_layer_alias = None
+        self.base_send = async_to_sync(send)
+        with contextlib.suppress(StopConsumer):  # a clean exit, as in Channels
+            while True:
+                await self.dispatch(await receive())
 
     async def dispatch(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
