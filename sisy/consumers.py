@@ -37,7 +37,10 @@ class _TolerantConsumer(SyncConsumer):
         # What Channels' consumer does without a channel layer of its own,
         # minus its general loop over several sources (a task per message
         # and asyncio.wait): one source here, so each message is awaited
-        # and dispatched directly, a few event-loop turns sooner.
+        # and dispatched directly, a few event-loop turns sooner. A subclass
+        # that asks for a layer of its own (for groups) gets Channels' set-up.
+        if self.channel_layer_alias is not None:
+            return await super().__call__(scope, receive, send)
         self.scope = scope
         self.channel_layer = None  # as Channels sets it for channel_layer_alias = None
         self.base_send = async_to_sync(send)

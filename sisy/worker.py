@@ -106,7 +106,9 @@ class SisyWorker(Worker):
         # What start-up made (Django, the apps, the modules and their schemas)
         # lives as long as the process: out of the collector's sight, a full
         # collection looks only at what jobs made since, instead of pausing
-        # the worker for tens of milliseconds to walk all of it again.
+        # the worker for tens of milliseconds to walk all of it again. The
+        # garbage start-up left is collected first, or it would stay forever.
+        gc.collect()
         gc.freeze()
         state.install(self.state)
         start_heartbeat(self.state)
