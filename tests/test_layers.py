@@ -245,11 +245,12 @@ def test_receive_hint_pops_with_one_command_and_keeps_no_backup(redis, redis_url
             await core.send("sisy.test", {"type": "b", "n": 2})
             redis.config_resetstat()
             received = [await ours.receive_hint("sisy.test"), await ours.receive_hint("sisy.test")]
-            stats = redis.info("commandstats")
-            calls = {name: v["calls"] for name, v in stats.items() if "config" not in name}
+            calls = {name: v["calls"] for name, v in redis.info("commandstats").items()}
             # channels-redis's receive would also run its backup script (EVAL),
             # copy each message to the backup queue (ZADD) and drop it (ZPOPMIN).
-            assert calls == {"cmdstat_bzpopmin": 2}, calls
+            assert calls.get("cmdstat_bzpopmin") == 2, calls
+            others = {"cmdstat_eval", "cmdstat_evalsha", "cmdstat_zadd", "cmdstat_zpopmin"}
+            assert not others & set(calls), calls
             return received
         finally:
             await _closing(ours, core)
