@@ -57,6 +57,12 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
 def _name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string, not {value!r}")
@@ -228,17 +234,15 @@ class Settings:
 
     @property
     def PREPARED_STATEMENTS(self) -> bool:
-        value = self._get("SISY_PREPARED_STATEMENTS", PREPARED_STATEMENTS)
-        if not isinstance(value, bool):
-            raise ValueError(f"SISY_PREPARED_STATEMENTS must be True or False, not {value!r}")
-        return value
+        return _bool(
+            "SISY_PREPARED_STATEMENTS", self._get("SISY_PREPARED_STATEMENTS", PREPARED_STATEMENTS)
+        )
 
     @property
     def CLAIM_ASYNC_COMMIT(self) -> bool:
-        value = self._get("SISY_CLAIM_ASYNC_COMMIT", CLAIM_ASYNC_COMMIT)
-        if not isinstance(value, bool):
-            raise ValueError(f"SISY_CLAIM_ASYNC_COMMIT must be True or False, not {value!r}")
-        return value
+        return _bool(
+            "SISY_CLAIM_ASYNC_COMMIT", self._get("SISY_CLAIM_ASYNC_COMMIT", CLAIM_ASYNC_COMMIT)
+        )
 
     def validate(self) -> list[str]:
         """Read every setting once; return one message per invalid setting."""
