@@ -49,18 +49,8 @@ class _TolerantConsumer(SyncConsumer):
                 await self.dispatch(await receive())
 
     async def dispatch(self, message: Any) -> None:
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            logger.warning("sisy: dropping a message without a type on %s", self._channel())
-            worker.ensure_running(self._channel()).note_dropped()
-            return
-        handler_name = message["type"].replace(".", "_")
-        if handler_name.startswith("_") or not callable(getattr(self, handler_name, None)):
-            logger.warning(
-                "sisy: dropping a message of unknown type %r on %s",
-                message["type"][:100],
-                self._channel(),
-            )
-            worker.ensure_running(self._channel()).note_dropped()
+        handler_name = self._handler_name(message)
+        if handler_name is None:
             return
         # Not SyncConsumer.dispatch: Channels closes the thread's database
         # connections around each message there, and with CONN_MAX_AGE = 0 a
@@ -75,6 +65,33 @@ class _TolerantConsumer(SyncConsumer):
             handler = sync_to_async(getattr(self, handler_name), thread_sensitive=True)
             self._sync_handlers[handler_name] = handler
         await handler(message)
+
+    def handle_now(self, message: Any) -> None:
+        """Handle ``message`` in the calling thread, as :meth:`dispatch` does on its own.
+
+        How ``sisy_worker``'s run thread hands this consumer the wake-ups it
+        pops itself (see :doc:`/topics/workers`).
+        """
+        handler_name = self._handler_name(message)
+        if handler_name is not None:
+            getattr(self, handler_name)(message)
+
+    def _handler_name(self, message: Any) -> str | None:
+        """The method that handles ``message``; ``None`` (logged, counted) for none."""
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            logger.warning("sisy: dropping a message without a type on %s", self._channel())
+            worker.ensure_running(self._channel()).note_dropped()
+            return None
+        handler_name: str = message["type"].replace(".", "_")
+        if handler_name.startswith("_") or not callable(getattr(self, handler_name, None)):
+            logger.warning(
+                "sisy: dropping a message of unknown type %r on %s",
+                message["type"][:100],
+                self._channel(),
+            )
+            worker.ensure_running(self._channel()).note_dropped()
+            return None
+        return handler_name
 
     def _channel(self) -> str:
         return str(self.scope.get("channel", "?"))

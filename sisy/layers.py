@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -56,6 +57,7 @@ end
 redis.call('DEL', KEYS[2])
 return #held / 2
 """
+RESTORE_SCRIPT_TEXT = RESTORE_SCRIPT.decode()
 
 
 class RedisChannelLayer(_CoreLayer):
@@ -69,6 +71,7 @@ class RedisChannelLayer(_CoreLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sync_clients: dict[int, redis.Redis] = {}
+        self._blocking_clients: dict[tuple[int, int], redis.Redis] = {}
         self._sync_lock = threading.Lock()
         self._restored: set[tuple[str, int]] = set()
 
@@ -157,6 +160,51 @@ class RedisChannelLayer(_CoreLayer):
                 message.pop("__asgi_channel__", None)  # group_send's, as receive drops it
                 return message
 
+    def receive_hint_now(
+        self, channels: Sequence[str], timeout: int
+    ) -> tuple[str, dict[str, Any]] | None:
+        """:meth:`receive_hint` for synchronous code, on several channels at once.
+
+        One ``BZPOPMIN`` on the channels' keys, in the calling thread, waiting
+        at most ``timeout`` seconds (a whole number, at least 1) on one server;
+        the servers take turns from one call to the next, as for
+        :meth:`receive`. Returns the channel and its message, or ``None``
+        when none came. What ``sisy_worker``'s run thread uses (see
+        :doc:`/topics/workers`); channel names without ``!`` only. Its
+        connections (one pool per server, kept apart from :meth:`send_now`'s)
+        wait ``timeout`` plus :data:`SEND_NOW_TIMEOUT` for an answer before
+        raising ``redis.exceptions.TimeoutError``.
+        """
+        keys: dict[str, str] = {}
+        for channel in channels:
+            assert "!" not in channel, "process-local channels are received with receive()"
+            assert self.require_valid_channel_name(channel, receive=True), "Channel name not valid"
+            keys[self.prefix + channel] = channel
+        index = next(self._receive_index_generator)
+        client = self._blocking_client(index, timeout)
+        for key in keys:
+            if (key, index) not in self._restored:
+                client.eval(RESTORE_SCRIPT_TEXT, 2, key, self._backup_channel_name(key))
+                self._restored.add((key, index))
+        popped: Any = client.bzpopmin(list(keys), timeout=timeout)
+        if popped is None:
+            return None
+        key_bytes, data = popped[0], popped[1]
+        message: dict[str, Any] = self.deserialize(data)
+        message.pop("__asgi_channel__", None)
+        return keys[key_bytes.decode() if isinstance(key_bytes, bytes) else key_bytes], message
+
+    def _blocking_client(self, index: int, timeout: int) -> redis.Redis:
+        client = self._blocking_clients.get((index, timeout))
+        if client is None:
+            with self._sync_lock:
+                client = self._blocking_clients.get((index, timeout))
+                if client is None:
+                    pool = sync_pool(self.hosts[index], read_timeout=timeout + SEND_NOW_TIMEOUT)
+                    client = redis.Redis(connection_pool=pool)
+                    self._blocking_clients[(index, timeout)] = client
+        return client
+
     def _sync_client(self, index: int) -> redis.Redis:
         client = self._sync_clients.get(index)
         if client is None:
@@ -197,12 +245,13 @@ ASYNC_ONLY_OPTIONS = frozenset(
 )
 
 
-def sync_pool(host: dict[str, Any]) -> redis.ConnectionPool:
+def sync_pool(host: dict[str, Any], read_timeout: float = SEND_NOW_TIMEOUT) -> redis.ConnectionPool:
     """A synchronous pool for one ``hosts`` entry, as channels-redis builds its own.
 
     Every timeout is :data:`SEND_NOW_TIMEOUT`, whatever the entry or its
     address's query string says (the entry's ``socket_timeout`` is meant for
-    the blocking receive), with no retry, for the sentinels too. The options
+    the blocking receive), but reading a server's answer, which waits
+    ``read_timeout`` seconds; no retry, for the sentinels too. The options
     in :data:`ASYNC_ONLY_OPTIONS` are left out; the others are the entry's.
     """
     from redis.backoff import NoBackoff
@@ -215,7 +264,7 @@ def sync_pool(host: dict[str, Any]) -> redis.ConnectionPool:
         # address's query string override them).
         options.update(parse_url(options.pop("address")))
     timeouts = {"socket_timeout": SEND_NOW_TIMEOUT, "socket_connect_timeout": SEND_NOW_TIMEOUT}
-    options.update(timeouts)
+    options.update(timeouts, socket_timeout=read_timeout)
     master_name = options.pop("master_name", None)
     if master_name is None:
         return redis.ConnectionPool(**options)

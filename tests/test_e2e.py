@@ -60,6 +60,7 @@ def test_plain_runworker_executes_jobs(workers: Workers) -> None:
     )
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert recorded("runs") == ["x"]
+    assert job.ordered_tasks()[0].result["thread"] != "sisy-run"  # Channels' own path
 
 
 def test_initialization_failure_fails_the_job_and_skips_the_rest(workers: Workers) -> None:
@@ -278,6 +279,8 @@ def test_a_worker_pops_wake_ups_with_one_command(workers: Workers, redis, settin
     redis.config_resetstat()
     job = finished(sisy.submit({"record": {"label": "lean"}}))
     assert job.status == JobStatus.SUCCEEDED
+    # Popped and run by the worker's run thread, not handed over to asgiref's.
+    assert job.ordered_tasks()[0].result["thread"] == "sisy-run"
     calls = {name: value["calls"] for name, value in redis.info("commandstats").items()}
     assert calls.get("cmdstat_bzpopmin", 0) >= 1, calls
     # channels-redis's receive, each time: a backup script (EVAL), ZADD to the

@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 import pytest
+import redis as redis_lib
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer as CoreLayer
 
-from sisy.layers import RedisChannelLayer
+from sisy.layers import SEND_NOW_TIMEOUT, RedisChannelLayer
 
 #: channels-redis's key for the channel sisy.test: its prefix, then the name.
 KEY = "asgisisy.test"
@@ -294,3 +295,54 @@ def test_receive_hint_first_moves_back_what_channels_redis_left_in_its_backup(
 
     assert run(go()) == [{"type": "held"}, {"type": "new"}]  # in score order
     assert not redis.exists(KEY + "$inflight")
+
+
+def test_receive_hint_now_pops_any_of_several_channels_in_one_command(
+    redis, redis_url: str
+) -> None:
+    layer, core = RedisChannelLayer(hosts(redis_url)), CoreLayer(hosts(redis_url))
+    try:
+        assert layer.receive_hint_now(["sisy.test", "sisy.other"], 1) is None  # waited, nothing
+        layer.send_now("sisy.other", {"type": "a", "n": 1})
+        run(core.send("sisy.test", {"type": "b", "n": 2}))
+        redis.config_resetstat()
+        received = [
+            layer.receive_hint_now(["sisy.test", "sisy.other"], 1),
+            layer.receive_hint_now(["sisy.test", "sisy.other"], 1),
+        ]
+        calls = {name: v["calls"] for name, v in redis.info("commandstats").items()}
+        assert calls.get("cmdstat_bzpopmin") == 2, calls
+        assert not {"cmdstat_eval", "cmdstat_zadd", "cmdstat_zpopmin"} & set(calls), calls
+    finally:
+        run(_closing(layer, core))
+    # The first key named that holds a message is popped first.
+    assert received == [("sisy.test", {"type": "b", "n": 2}), ("sisy.other", {"type": "a", "n": 1})]
+    assert not redis.exists(KEY + "$inflight")
+
+
+def test_receive_hint_now_first_moves_back_the_backup_and_drops_the_channel_key(
+    redis, redis_url: str
+) -> None:
+    layer = RedisChannelLayer(hosts(redis_url))
+    redis.zadd(KEY + "$inflight", {layer.serialize({"type": "held"}): time.time() - 1})
+    run(layer.group_add("g", "sisy.test"))
+    run(layer.group_send("g", {"type": "grouped"}))  # carries __asgi_channel__ in Redis
+    try:
+        received = [layer.receive_hint_now(["sisy.test"], 1) for _ in range(2)]
+    finally:
+        run(layer.group_discard("g", "sisy.test"))
+        run(_closing(layer))
+    assert received == [("sisy.test", {"type": "held"}), ("sisy.test", {"type": "grouped"})]
+    assert not redis.exists(KEY + "$inflight")
+    with pytest.raises(AssertionError, match="process-local"):
+        layer.receive_hint_now(["sisy.test!abc"], 1)
+
+
+def test_receive_hint_now_reads_with_a_timeout_longer_than_its_pop() -> None:
+    layer = RedisChannelLayer([{"address": "redis://127.0.0.1:1/0", "socket_timeout": 3}])
+    pool = layer._blocking_client(0, 1).connection_pool
+    options = pool.connection_kwargs
+    assert options["socket_timeout"] == 1 + SEND_NOW_TIMEOUT  # never cut a pop short
+    assert options["socket_connect_timeout"] == SEND_NOW_TIMEOUT
+    with pytest.raises(redis_lib.exceptions.ConnectionError):  # away: raises at once
+        layer.receive_hint_now(["sisy.test"], 1)

@@ -145,3 +145,156 @@ def test_a_run_consumer_with_a_layer_of_its_own_keeps_channels_set_up(redis_url:
 
     asyncio.run(go())
     assert len(names) == 1 and "!" in names[0], names
+
+
+def test_the_run_thread_takes_the_run_channels_when_it_can_hand_each_their_messages(
+    redis_url: str,
+) -> None:
+    from channels.consumer import AsyncConsumer
+    from channels.layers import InMemoryChannelLayer
+    from channels.routing import ChannelNameRouter
+
+    import sisy.routing
+    from sisy.consumers import RunConsumer
+    from sisy.state import WorkerState
+    from sisy.worker import SisyWorker
+
+    class Mine(AsyncConsumer):
+        pass
+
+    class Emails(RunConsumer):
+        def sisy_run(self, message: dict[str, Any]) -> None:
+            pass
+
+    class WithLayer(RunConsumer):
+        channel_layer_alias = "default"
+
+    def consumers(routes: dict[str, Any], layer: Any = None) -> dict[str, Any]:
+        channels = list(routes)
+        state = WorkerState(worker_id="w", channels=tuple(channels))
+        layer = layer or RedisChannelLayer(hosts(redis_url))
+        return SisyWorker(ChannelNameRouter(routes), channels, layer, state).run_thread_consumers()
+
+    routes = {
+        **sisy.routing.channel_routes(),
+        "sisy.emails": Emails.as_asgi(),
+        "mine": Mine.as_asgi(),
+    }
+    found = consumers(routes)
+    assert {name: type(c) for name, c in found.items()} == {
+        "sisy.run": RunConsumer,
+        "sisy.emails": Emails,
+    }
+    assert found["sisy.emails"].scope == {"type": "channel", "channel": "sisy.emails"}
+    with pytest.raises(NotImplementedError):
+        found["sisy.run"].send({"type": "x"})
+    # All or none: a run channel that needs Channels' set-up keeps every job on asgiref's thread.
+    assert consumers({**routes, "sisy.grouped": WithLayer.as_asgi()}) == {}
+    assert consumers(routes, InMemoryChannelLayer()) == {}  # the layer cannot pop synchronously
+
+
+def test_the_run_thread_hands_over_what_it_pops_and_survives_what_fails(
+    redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+    import time
+
+    from sisy.consumers import RunConsumer
+    from sisy.state import WorkerState
+    from sisy.worker import SisyWorker
+
+    seen: list[Any] = []
+
+    class Recording(RunConsumer):
+        def sisy_run(self, message: dict[str, Any]) -> None:
+            seen.append(("run", message.get("job")))
+
+        def test_note(self, message: dict[str, Any]) -> None:
+            seen.append(("note", message["n"]))
+
+        def test_fail(self, message: dict[str, Any]) -> None:
+            raise RuntimeError("the database is away")
+
+    layer = RedisChannelLayer(hosts(redis_url))
+    state = WorkerState(worker_id="w", channels=("sisy.t1", "sisy.t2"))
+    worker = SisyWorker(lambda *a: None, ["sisy.t1", "sisy.t2"], layer, state)
+    consumers = {name: Recording() for name in ("sisy.t1", "sisy.t2")}
+    for name, consumer in consumers.items():
+        consumer.scope = {"type": "channel", "channel": name}
+    layer.send_now("sisy.t1", {"type": "test.note", "n": 1})
+    layer.send_now("sisy.t1", {"type": "test.fail"})
+    redis.zadd("asgisisy.t2", {b"0123456789ab\xc1": time.time()})  # not a message
+    layer.send_now("sisy.t2", {"type": "test.note", "n": 2})
+    thread = threading.Thread(target=worker.pop_and_run, args=(consumers,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(seen) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        state.stopping.set()
+        thread.join(5)
+    assert not thread.is_alive()  # stopped within one pop's wait
+    # First each channel's backlog, as a worker starts; then what Redis held, in order.
+    assert seen == [("run", None), ("run", None), ("note", 1), ("note", 2)]
+    assert state.messages_dropped == 1
+    assert "handling a message on sisy.t1 failed" in caplog.text
+    assert "RuntimeError: the database is away" in caplog.text
+
+
+def test_a_wake_up_popped_as_the_worker_stops_goes_back_to_redis(
+    redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sisy.consumers import RunConsumer
+    from sisy.state import WorkerState
+    from sisy.worker import SisyWorker
+
+    seen: list[Any] = []
+
+    class Recording(RunConsumer):
+        def sisy_run(self, message: dict[str, Any]) -> None:
+            seen.append(message.get("job"))
+
+    layer = RedisChannelLayer(hosts(redis_url))
+    state = WorkerState(worker_id="w", channels=("sisy.t1",))
+    worker = SisyWorker(lambda *a: None, ["sisy.t1"], layer, state)
+    consumer = Recording()
+    consumer.scope = {"type": "channel", "channel": "sisy.t1"}
+    layer.send_now("sisy.t1", {"type": "sisy.run", "job": "j1"})
+    pop = RedisChannelLayer.receive_hint_now
+
+    def pop_while_stopping(self: Any, channels: Any, timeout: int) -> Any:
+        state.stopping.set()  # SIGTERM arrives while the pop waits
+        return pop(self, channels, timeout)
+
+    monkeypatch.setattr(RedisChannelLayer, "receive_hint_now", pop_while_stopping)
+    worker.pop_and_run({"sisy.t1": consumer})
+    assert seen == [None]  # the backlog only
+    back = redis.zrange("asgisisy.t1", 0, -1)
+    assert [layer.deserialize(data) for data in back] == [{"type": "sisy.run", "job": "j1"}]
+
+
+def test_a_worker_whose_run_thread_fails_stops_with_status_1(redis_url: str) -> None:
+    import asyncio
+
+    from sisy.consumers import RunConsumer
+    from sisy.state import WorkerState
+    from sisy.worker import SisyWorker
+
+    class Exiting(RunConsumer):
+        def sisy_run(self, message: dict[str, Any]) -> None:
+            raise SystemExit(3)  # not an Exception: the thread cannot go on
+
+    layer = RedisChannelLayer(hosts(redis_url))
+    state = WorkerState(worker_id="w", channels=("sisy.t1",))
+    worker = SisyWorker(lambda *a: None, ["sisy.t1"], layer, state)
+    consumer = Exiting()
+    consumer.scope = {"type": "channel", "channel": "sisy.t1"}
+    loop = asyncio.new_event_loop()
+    try:
+        worker._run_thread({"sisy.t1": consumer}, loop)
+        loop.run_until_complete(asyncio.sleep(0))  # the stop it asked the loop for
+    finally:
+        loop.close()
+    assert state.stopping.is_set()
+    assert worker.exit_status == 1

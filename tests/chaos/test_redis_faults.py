@@ -230,12 +230,14 @@ def wakeups_sent(client: redis_lib.Redis) -> int:
 def test_redis_restarted_while_a_worker_is_busy(
     chaos: Chaos, redis_server: RedisServer, use_layer: Callable[..., None]
 ) -> None:
-    """Case 5b: Redis restarted while the only worker runs a job and has wake-ups buffered.
+    """Case 5b: Redis restarted while the only worker runs a job and wake-ups wait.
 
     The deterministic form of a failure case 5 met once: the worker runs a 6 s
-    job with its prefetch (2) full of wake-ups; Redis is SIGKILLed 1 s into the
-    job and restarted 2 s later. Expected: jobs submitted after the restart
-    run (the clock re-sends their wake-ups every second).
+    job while wake-ups wait (in Redis: its run thread pops one only when it is
+    free; before the run thread, in its prefetch buffer of 2); Redis is
+    SIGKILLed 1 s into the job and restarted 2 s later. Expected: jobs
+    submitted after the restart run (the clock re-sends their wake-ups every
+    second).
     """
     use_layer([redis_server.url])
     chaos.workers.env["SISY_TEST_REDIS_URL"] = redis_server.url
@@ -245,7 +247,7 @@ def test_redis_restarted_while_a_worker_is_busy(
     long = SubmitStats()
     long.submit(chaos.spec(0, seconds=6))
     poll(lambda: chaos.counter.hget("chaos:starts", long.job_ids[0]), 30, "the long job")
-    before = chaos.submit(5)  # their wake-ups fill the worker's buffer
+    before = chaos.submit(5)  # their wake-ups wait while the worker is busy
     time.sleep(1)
     redis_server.kill()
     time.sleep(2)

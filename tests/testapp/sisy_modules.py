@@ -4,6 +4,7 @@ so tests count what really ran rather than what was reported."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -40,7 +41,11 @@ class Record(Module):
 
     def run(self) -> dict[str, Any]:
         record("runs", self.data["label"])
-        return {"label": self.data["label"], "pid": os.getpid()}
+        return {
+            "label": self.data["label"],
+            "pid": os.getpid(),
+            "thread": threading.current_thread().name,
+        }
 
 
 @register("slow")
