@@ -172,8 +172,9 @@ class RedisChannelLayer(_CoreLayer):
         when none came. What ``sisy_worker``'s run thread uses (see
         :doc:`/topics/workers`); channel names without ``!`` only. Its
         connections (one pool per server, kept apart from :meth:`send_now`'s)
-        wait ``timeout`` plus :data:`SEND_NOW_TIMEOUT` for an answer before
-        raising ``redis.exceptions.TimeoutError``.
+        wait ``timeout`` plus :data:`POP_READ_MARGIN` for an answer before
+        raising ``redis.exceptions.TimeoutError``, and never retry a command
+        (a retried pop could lose what the first one took).
         """
         keys: dict[str, str] = {}
         for channel in channels:
@@ -200,10 +201,19 @@ class RedisChannelLayer(_CoreLayer):
             with self._sync_lock:
                 client = self._blocking_clients.get((index, timeout))
                 if client is None:
-                    pool = sync_pool(self.hosts[index], read_timeout=timeout + SEND_NOW_TIMEOUT)
+                    pool = sync_pool(self.hosts[index], read_timeout=timeout + POP_READ_MARGIN)
                     client = redis.Redis(connection_pool=pool)
                     self._blocking_clients[(index, timeout)] = client
         return client
+
+    async def close_pools(self) -> None:
+        """Close channels-redis's pools, then :meth:`send_now`'s and :meth:`receive_hint_now`'s."""
+        await super().close_pools()
+        with self._sync_lock:
+            clients = [*self._sync_clients.values(), *self._blocking_clients.values()]
+            self._sync_clients, self._blocking_clients = {}, {}
+        for client in clients:
+            client.connection_pool.disconnect()
 
     def _sync_client(self, index: int) -> redis.Redis:
         client = self._sync_clients.get(index)
@@ -229,6 +239,10 @@ def _check_added(added: Any) -> None:
 SEND_NOW_TIMEOUT = 0.5
 
 
+#: Seconds :meth:`RedisChannelLayer.receive_hint_now` waits for Redis's answer
+#: beyond the pop's own wait, before it gives up on the connection.
+POP_READ_MARGIN = 2.0
+
 #: ``hosts`` options that hold objects made for redis-py's asyncio client (a
 #: retry policy, a connection or parser class, ...): a synchronous pool
 #: cannot use them, so :func:`sync_pool` leaves them out.
@@ -251,14 +265,16 @@ def sync_pool(host: dict[str, Any], read_timeout: float = SEND_NOW_TIMEOUT) -> r
     Every timeout is :data:`SEND_NOW_TIMEOUT`, whatever the entry or its
     address's query string says (the entry's ``socket_timeout`` is meant for
     the blocking receive), but reading a server's answer, which waits
-    ``read_timeout`` seconds; no retry, for the sentinels too. The options
+    ``read_timeout`` seconds; no retry, for the sentinels too (the entry's
+    ``retry_on_timeout`` and ``retry_on_error`` are left out). The options
     in :data:`ASYNC_ONLY_OPTIONS` are left out; the others are the entry's.
     """
     from redis.backoff import NoBackoff
     from redis.connection import parse_url
     from redis.retry import Retry
 
-    options = {key: value for key, value in host.items() if key not in ASYNC_ONLY_OPTIONS}
+    left_out = ASYNC_ONLY_OPTIONS | {"retry_on_timeout", "retry_on_error"}
+    options = {key: value for key, value in host.items() if key not in left_out}
     if "address" in options:
         # What the address says, then the timeouts (from_url would let the
         # address's query string override them).

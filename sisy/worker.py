@@ -24,6 +24,7 @@ import time
 import warnings
 from typing import Any
 
+from asgiref.sync import SyncToAsync
 from channels.worker import Worker
 
 from sisy import runner, state
@@ -133,23 +134,30 @@ class SisyWorker(Worker):
             for channel in self.channels
             if channel not in consumers
         ]
+        self.state.set_idle()  # before the run thread can start a job
+        run_thread = None
         if consumers:
-            threading.Thread(
+            run_thread = threading.Thread(
                 target=self._run_thread, args=(consumers, loop), name="sisy-run", daemon=True
-            ).start()
-        self.state.set_idle()
+            )
+            run_thread.start()
         logger.info(
             "sisy: worker %s listening on %s", self.state.worker_id, ", ".join(self.channels)
         )
         await self._stop.wait()
         for task in listeners:
             task.cancel()
-        # A receive cancelled while it connects to Redis may take a while to
-        # notice; it holds no job, so do not wait on it for long.
-        _, pending = await asyncio.wait(listeners, timeout=self.listener_grace)
-        if pending:
-            logger.debug("sisy: %d listener(s) still cancelling; not waiting", len(pending))
+        if listeners:
+            # A receive cancelled while it connects to Redis may take a while to
+            # notice; it holds no job, so do not wait on it for long.
+            _, pending = await asyncio.wait(listeners, timeout=self.listener_grace)
+            if pending:
+                logger.debug("sisy: %d listener(s) still cancelling; not waiting", len(pending))
         await self._wait_for_running_job()
+        if run_thread is not None:
+            # Its pop ends within RUN_THREAD_POP_TIMEOUT; a wake-up it brings
+            # back then is sent back to Redis before the process exits.
+            await asyncio.to_thread(run_thread.join, RUN_THREAD_JOIN_TIMEOUT)
         logger.info("sisy: worker %s stopped", self.state.worker_id)
 
     def run_thread_consumers(self) -> dict[str, Any]:
@@ -171,9 +179,12 @@ class SisyWorker(Worker):
         routes = routed(self.application) or {}
         consumers: dict[str, Any] = {}
         for channel in self.channels:
-            app = routes.get(channel)
-            cls = getattr(app, "consumer_class", None)
-            if not (isinstance(cls, type) and issubclass(cls, RunConsumer)):
+            cls = getattr(routes.get(channel), "consumer_class", None)
+            if not isinstance(cls, type):
+                # Not a consumer sisy can see (a custom router, a middleware
+                # around a consumer, a channel not routed): it might run jobs.
+                return {}
+            if not issubclass(cls, RunConsumer):
                 continue
             plain = (
                 cls.channel_layer_alias is None
@@ -183,7 +194,7 @@ class SisyWorker(Worker):
             )
             if not plain:
                 return {}
-            consumer = cls(**getattr(app, "consumer_initkwargs", {}))
+            consumer = cls(**routes[channel].consumer_initkwargs)
             consumer.scope = {"type": "channel", "channel": channel}
             consumer.channel_layer = None
             consumer.base_send = _no_send
@@ -191,13 +202,24 @@ class SisyWorker(Worker):
         return consumers
 
     def _run_thread(self, consumers: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        # As in asgiref's thread for synchronous consumers: an async_to_sync()
+        # call in a job runs its coroutine on the worker's own event loop (and
+        # its channel layer connections), not on a new loop for each call.
+        SyncToAsync.threadlocal.main_event_loop = loop
+        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
         try:
             self.pop_and_run(consumers)
         except BaseException:
             # A worker whose run thread died would stay up and run nothing.
             logger.exception("sisy: the run thread failed; stopping the worker")
             self.exit_status = 1
-            loop.call_soon_threadsafe(self.request_stop)
+            loop.call_soon_threadsafe(self._stop_after_failure)
+
+    def _stop_after_failure(self) -> None:
+        """Stop as on a first ``SIGTERM``, whether or not one came already (not a second signal)."""
+        self.state.stopping.set()
+        if self._stop is not None:
+            self._stop.set()
 
     def pop_and_run(self, consumers: dict[str, Any]) -> None:
         """The run thread: pop a wake-up from Redis, run its job here, pop the next.
@@ -231,15 +253,14 @@ class SisyWorker(Worker):
                 self.state.stopping.wait(backoff)
                 backoff = min(self.max_backoff, backoff * 2)
                 continue
+            backoff = 0.1  # Redis answered
             if popped is None:
                 continue
             channel, message = popped
             if self.state.stopping.is_set():
                 self._send_back(channel, message)  # for a worker that is not stopping
                 break
-            if self._handle_safely(consumers[channel], message, channel):
-                backoff = 0.1
-            else:
+            if not self._handle_safely(consumers[channel], message, channel):
                 self.state.stopping.wait(backoff)
                 backoff = min(self.max_backoff, backoff * 2)
 
@@ -376,6 +397,10 @@ class SisyWorker(Worker):
 #: looks at whether the worker is stopping (and, with several Redis servers,
 #: turns to the next).
 RUN_THREAD_POP_TIMEOUT = 1
+
+#: Longest wait, at shutdown, for the run thread to end its pop (and send
+#: back a wake-up it brought); past it the process exits anyway.
+RUN_THREAD_JOIN_TIMEOUT = 3.0
 
 
 def _no_send(message: Any) -> None:

@@ -60,7 +60,6 @@ def test_plain_runworker_executes_jobs(workers: Workers) -> None:
     )
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert recorded("runs") == ["x"]
-    assert job.ordered_tasks()[0].result["thread"] != "sisy-run"  # Channels' own path
 
 
 def test_initialization_failure_fails_the_job_and_skips_the_rest(workers: Workers) -> None:
@@ -126,8 +125,9 @@ def test_worker_key_is_removed_on_sigterm_and_exit_is_clean(workers: Workers, re
     assert redis.get("worker:bye-1") is None
 
 
-def test_sigterm_lets_the_running_job_finish(workers: Workers) -> None:
-    process = workers.start("--worker-id", "term-1")
+@pytest.mark.parametrize("channels", [[], ["sisy.run"]], ids=["both channels", "run only"])
+def test_sigterm_lets_the_running_job_finish(workers: Workers, channels: list[str]) -> None:
+    process = workers.start(*channels, "--worker-id", "term-1")
     job = sisy.submit({"job_title": "finish me", "tasks": [{"slow": {"seconds": 1.5}}]})
 
     def running() -> bool:
@@ -273,16 +273,32 @@ def test_a_worker_pops_wake_ups_with_one_command(workers: Workers, redis, settin
     if settings.CHANNEL_LAYERS["default"]["BACKEND"] != "sisy.layers.RedisChannelLayer":
         pytest.skip("sisy's layer only")
     workers.start("--worker-id", "lean-1")
-    # A first job: by its end the worker has made the first receive on each
-    # channel (which also looks at channels-redis's backup queue, once).
+    # A first job, then both pops under way: the first receive on each channel
+    # also looks at channels-redis's backup queue, once (an EVAL).
     assert finished(sisy.submit({"record": {"label": "warm"}})).status == JobStatus.SUCCEEDED
+
+    def popping() -> bool:  # the run thread and the clock's listener, each in its pop
+        return sum(client["cmd"] == "bzpopmin" for client in redis.client_list()) >= 2
+
+    wait_for(popping, 10, "the worker to wait on both channels")
     redis.config_resetstat()
     job = finished(sisy.submit({"record": {"label": "lean"}}))
     assert job.status == JobStatus.SUCCEEDED
-    # Popped and run by the worker's run thread, not handed over to asgiref's.
-    assert job.ordered_tasks()[0].result["thread"] == "sisy-run"
     calls = {name: value["calls"] for name, value in redis.info("commandstats").items()}
     assert calls.get("cmdstat_bzpopmin", 0) >= 1, calls
     # channels-redis's receive, each time: a backup script (EVAL), ZADD to the
     # backup queue, then ZPOPMIN from it; the send is sisy's script (EVALSHA).
     assert "cmdstat_eval" not in calls and "cmdstat_zpopmin" not in calls, calls
+
+
+def test_the_run_thread_runs_jobs_and_their_async_calls_on_the_workers_loop(
+    workers: Workers, settings
+) -> None:
+    if settings.CHANNEL_LAYERS["default"]["BACKEND"] != "sisy.layers.RedisChannelLayer":
+        pytest.skip("sisy's layer only")
+    workers.start()
+    job = finished(sisy.submit({"threads": {}}))
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    # Popped and run by the run thread; async_to_sync() went to the worker's
+    # own event loop (the main thread), as from asgiref's thread before.
+    assert job.ordered_tasks()[0].result == {"job": "sisy-run", "async": "MainThread"}

@@ -11,7 +11,7 @@ import redis as redis_lib
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer as CoreLayer
 
-from sisy.layers import SEND_NOW_TIMEOUT, RedisChannelLayer
+from sisy.layers import POP_READ_MARGIN, SEND_NOW_TIMEOUT, RedisChannelLayer
 
 #: channels-redis's key for the channel sisy.test: its prefix, then the name.
 KEY = "asgisisy.test"
@@ -339,10 +339,12 @@ def test_receive_hint_now_first_moves_back_the_backup_and_drops_the_channel_key(
 
 
 def test_receive_hint_now_reads_with_a_timeout_longer_than_its_pop() -> None:
-    layer = RedisChannelLayer([{"address": "redis://127.0.0.1:1/0", "socket_timeout": 3}])
+    host = {"address": "redis://127.0.0.1:1/0", "socket_timeout": 3, "retry_on_timeout": True}
+    layer = RedisChannelLayer([host])
     pool = layer._blocking_client(0, 1).connection_pool
     options = pool.connection_kwargs
-    assert options["socket_timeout"] == 1 + SEND_NOW_TIMEOUT  # never cut a pop short
+    assert options["socket_timeout"] == 1 + POP_READ_MARGIN  # never cut a pop short
     assert options["socket_connect_timeout"] == SEND_NOW_TIMEOUT
+    assert "retry_on_timeout" not in options  # a retried pop could lose a message
     with pytest.raises(redis_lib.exceptions.ConnectionError):  # away: raises at once
         layer.receive_hint_now(["sisy.test"], 1)

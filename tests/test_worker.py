@@ -152,6 +152,7 @@ def test_the_run_thread_takes_the_run_channels_when_it_can_hand_each_their_messa
 ) -> None:
     from channels.consumer import AsyncConsumer
     from channels.layers import InMemoryChannelLayer
+    from channels.middleware import BaseMiddleware
     from channels.routing import ChannelNameRouter
 
     import sisy.routing
@@ -190,6 +191,8 @@ def test_the_run_thread_takes_the_run_channels_when_it_can_hand_each_their_messa
         found["sisy.run"].send({"type": "x"})
     # All or none: a run channel that needs Channels' set-up keeps every job on asgiref's thread.
     assert consumers({**routes, "sisy.grouped": WithLayer.as_asgi()}) == {}
+    # So does a channel whose consumer sisy cannot see (it might run jobs).
+    assert consumers({**routes, "wrapped": BaseMiddleware(RunConsumer.as_asgi())}) == {}
     assert consumers(routes, InMemoryChannelLayer()) == {}  # the layer cannot pop synchronously
 
 
@@ -277,6 +280,8 @@ def test_a_wake_up_popped_as_the_worker_stops_goes_back_to_redis(
 def test_a_worker_whose_run_thread_fails_stops_with_status_1(redis_url: str) -> None:
     import asyncio
 
+    from channels.routing import ChannelNameRouter
+
     from sisy.consumers import RunConsumer
     from sisy.state import WorkerState
     from sisy.worker import SisyWorker
@@ -287,14 +292,10 @@ def test_a_worker_whose_run_thread_fails_stops_with_status_1(redis_url: str) -> 
 
     layer = RedisChannelLayer(hosts(redis_url))
     state = WorkerState(worker_id="w", channels=("sisy.t1",))
-    worker = SisyWorker(lambda *a: None, ["sisy.t1"], layer, state)
-    consumer = Exiting()
-    consumer.scope = {"type": "channel", "channel": "sisy.t1"}
-    loop = asyncio.new_event_loop()
-    try:
-        worker._run_thread({"sisy.t1": consumer}, loop)
-        loop.run_until_complete(asyncio.sleep(0))  # the stop it asked the loop for
-    finally:
-        loop.close()
+    # The run channel only: no listener on the event loop at all.
+    app = ChannelNameRouter({"sisy.t1": Exiting.as_asgi()})
+    worker = SisyWorker(app, ["sisy.t1"], layer, state)
+    asyncio.run(asyncio.wait_for(worker.handle(), 10))  # returns: the worker stopped
     assert state.stopping.is_set()
     assert worker.exit_status == 1
+    assert worker._signals == 0  # a stop of its own, not a signal (a second would exit at once)

@@ -41,11 +41,21 @@ class Record(Module):
 
     def run(self) -> dict[str, Any]:
         record("runs", self.data["label"])
-        return {
-            "label": self.data["label"],
-            "pid": os.getpid(),
-            "thread": threading.current_thread().name,
-        }
+        return {"label": self.data["label"], "pid": os.getpid()}
+
+
+async def _thread_name() -> str:
+    return threading.current_thread().name
+
+
+@register("threads")
+class Threads(Module):
+    """Names the thread that runs the job, and the one an ``async_to_sync`` call runs on."""
+
+    def run(self) -> dict[str, str]:
+        from asgiref.sync import async_to_sync
+
+        return {"job": threading.current_thread().name, "async": async_to_sync(_thread_name)()}
 
 
 @register("slow")
