@@ -213,7 +213,9 @@ class RedisChannelLayer(_CoreLayer):
             clients = [*self._sync_clients.values(), *self._blocking_clients.values()]
             self._sync_clients, self._blocking_clients = {}, {}
         for client in clients:
-            client.connection_pool.disconnect()
+            # Idle connections only: a pop under way in sisy_worker's run
+            # thread ends on its own, and its client is dropped from here.
+            client.connection_pool.disconnect(inuse_connections=False)
 
     def _sync_client(self, index: int) -> redis.Redis:
         client = self._sync_clients.get(index)
@@ -273,12 +275,13 @@ def sync_pool(host: dict[str, Any], read_timeout: float = SEND_NOW_TIMEOUT) -> r
     from redis.connection import parse_url
     from redis.retry import Retry
 
-    left_out = ASYNC_ONLY_OPTIONS | {"retry_on_timeout", "retry_on_error"}
-    options = {key: value for key, value in host.items() if key not in left_out}
+    options = {key: value for key, value in host.items() if key not in ASYNC_ONLY_OPTIONS}
     if "address" in options:
         # What the address says, then the timeouts (from_url would let the
         # address's query string override them).
         options.update(parse_url(options.pop("address")))
+    for key in ("retry_on_timeout", "retry_on_error"):  # given, or in the query string
+        options.pop(key, None)
     timeouts = {"socket_timeout": SEND_NOW_TIMEOUT, "socket_connect_timeout": SEND_NOW_TIMEOUT}
     options.update(timeouts, socket_timeout=read_timeout)
     master_name = options.pop("master_name", None)

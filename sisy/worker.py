@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import faulthandler
 import functools
 import gc
@@ -20,7 +21,6 @@ import logging
 import os
 import signal
 import threading
-import time
 import warnings
 from typing import Any
 
@@ -31,6 +31,7 @@ from sisy import runner, state
 from sisy.conf import sisy_settings
 from sisy.dispatch import RUN_MESSAGE_TYPE
 from sisy.heartbeat import HeartbeatThread
+from sisy.layers import POP_READ_MARGIN, SEND_NOW_TIMEOUT
 from sisy.models import Job
 
 logger = logging.getLogger("sisy.worker")
@@ -155,9 +156,12 @@ class SisyWorker(Worker):
                 logger.debug("sisy: %d listener(s) still cancelling; not waiting", len(pending))
         await self._wait_for_running_job()
         if run_thread is not None:
-            # Its pop ends within RUN_THREAD_POP_TIMEOUT; a wake-up it brings
-            # back then is sent back to Redis before the process exits.
+            # Its pop ends within RUN_THREAD_POP_TIMEOUT (or fails within
+            # POP_READ_MARGIN more); a wake-up it brings back then is sent back
+            # to Redis before the process exits.
             await asyncio.to_thread(run_thread.join, RUN_THREAD_JOIN_TIMEOUT)
+            if run_thread.is_alive():
+                logger.warning("sisy: the run thread is still busy; exiting without it")
         logger.info("sisy: worker %s stopped", self.state.worker_id)
 
     def run_thread_consumers(self) -> dict[str, Any]:
@@ -179,8 +183,11 @@ class SisyWorker(Worker):
         routes = routed(self.application) or {}
         consumers: dict[str, Any] = {}
         for channel in self.channels:
-            cls = getattr(routes.get(channel), "consumer_class", None)
-            if not isinstance(cls, type):
+            app = routes.get(channel)
+            cls = getattr(app, "consumer_class", None)
+            # as_asgi() wraps the class; a middleware made with functools.wraps
+            # copies consumer_class but wraps the app.
+            if not isinstance(cls, type) or getattr(app, "__wrapped__", cls) is not cls:
                 # Not a consumer sisy can see (a custom router, a middleware
                 # around a consumer, a channel not routed): it might run jobs.
                 return {}
@@ -194,7 +201,7 @@ class SisyWorker(Worker):
             )
             if not plain:
                 return {}
-            consumer = cls(**routes[channel].consumer_initkwargs)
+            consumer = cls(**getattr(app, "consumer_initkwargs", {}))
             consumer.scope = {"type": "channel", "channel": channel}
             consumer.channel_layer = None
             consumer.base_send = _no_send
@@ -211,9 +218,10 @@ class SisyWorker(Worker):
             self.pop_and_run(consumers)
         except BaseException:
             # A worker whose run thread died would stay up and run nothing.
-            logger.exception("sisy: the run thread failed; stopping the worker")
             self.exit_status = 1
-            loop.call_soon_threadsafe(self._stop_after_failure)
+            logger.exception("sisy: the run thread failed; stopping the worker")
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is done
+                loop.call_soon_threadsafe(self._stop_after_failure)
 
     def _stop_after_failure(self) -> None:
         """Stop as on a first ``SIGTERM``, whether or not one came already (not a second signal)."""
@@ -233,10 +241,11 @@ class SisyWorker(Worker):
         it stops popping once the worker is stopping.
         """
         channels = list(consumers)
-        backoff = 0.1
+        pop_backoff = failed_backoff = 0.1  # Redis failing; handling failing
         for channel, consumer in consumers.items():  # the backlog, as listener() starts
             if not self._handle_safely(consumer, {"type": RUN_MESSAGE_TYPE}, channel):
-                time.sleep(backoff)
+                self.state.stopping.wait(failed_backoff)
+                failed_backoff = min(self.max_backoff, failed_backoff * 2)
         while not self.state.stopping.is_set():
             try:
                 popped = self.channel_layer.receive_hint_now(channels, RUN_THREAD_POP_TIMEOUT)
@@ -246,23 +255,27 @@ class SisyWorker(Worker):
                     ", ".join(channels),
                     type(exc).__name__,
                     exc,
-                    backoff,
+                    pop_backoff,
                 )
                 if not _is_transport_error(exc):
                     self.state.note_dropped()  # e.g. bytes that are not a message
-                self.state.stopping.wait(backoff)
-                backoff = min(self.max_backoff, backoff * 2)
+                self.state.stopping.wait(pop_backoff)
+                pop_backoff = min(self.max_backoff, pop_backoff * 2)
                 continue
-            backoff = 0.1  # Redis answered
+            pop_backoff = 0.1  # Redis answered
             if popped is None:
                 continue
             channel, message = popped
             if self.state.stopping.is_set():
                 self._send_back(channel, message)  # for a worker that is not stopping
                 break
-            if not self._handle_safely(consumers[channel], message, channel):
-                self.state.stopping.wait(backoff)
-                backoff = min(self.max_backoff, backoff * 2)
+            if self._handle_safely(consumers[channel], message, channel):
+                failed_backoff = 0.1
+            else:
+                # The database away, say: take no more wake-ups for a while
+                # (longer each time) rather than pop and drop ten a second.
+                self.state.stopping.wait(failed_backoff)
+                failed_backoff = min(self.max_backoff, failed_backoff * 2)
 
     def _send_back(self, channel: str, message: Any) -> None:
         try:
@@ -399,8 +412,9 @@ class SisyWorker(Worker):
 RUN_THREAD_POP_TIMEOUT = 1
 
 #: Longest wait, at shutdown, for the run thread to end its pop (and send
-#: back a wake-up it brought); past it the process exits anyway.
-RUN_THREAD_JOIN_TIMEOUT = 3.0
+#: back a wake-up it brought): the pop, its read margin, and a send's two
+#: timeouts; past it the process exits anyway.
+RUN_THREAD_JOIN_TIMEOUT = RUN_THREAD_POP_TIMEOUT + POP_READ_MARGIN + 2 * SEND_NOW_TIMEOUT + 0.5
 
 
 def _no_send(message: Any) -> None:

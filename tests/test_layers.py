@@ -338,13 +338,42 @@ def test_receive_hint_now_first_moves_back_the_backup_and_drops_the_channel_key(
         layer.receive_hint_now(["sisy.test!abc"], 1)
 
 
-def test_receive_hint_now_reads_with_a_timeout_longer_than_its_pop() -> None:
-    host = {"address": "redis://127.0.0.1:1/0", "socket_timeout": 3, "retry_on_timeout": True}
+@pytest.mark.parametrize(
+    "host",
+    [
+        {"address": "redis://127.0.0.1:1/0", "socket_timeout": 3, "retry_on_timeout": True},
+        {"address": "redis://127.0.0.1:1/0?retry_on_timeout=true&socket_timeout=3"},
+    ],
+    ids=["option", "query string"],
+)
+def test_receive_hint_now_reads_with_a_timeout_longer_than_its_pop_and_never_retries(
+    host: dict[str, Any],
+) -> None:
     layer = RedisChannelLayer([host])
     pool = layer._blocking_client(0, 1).connection_pool
     options = pool.connection_kwargs
     assert options["socket_timeout"] == 1 + POP_READ_MARGIN  # never cut a pop short
     assert options["socket_connect_timeout"] == SEND_NOW_TIMEOUT
-    assert "retry_on_timeout" not in options  # a retried pop could lose a message
+    # A retried pop could lose what the first one took; a retried send would hold the caller.
+    assert pool.make_connection().retry.get_retries() == 0
+    assert layer._sync_client(0).connection_pool.make_connection().retry.get_retries() == 0
     with pytest.raises(redis_lib.exceptions.ConnectionError):  # away: raises at once
         layer.receive_hint_now(["sisy.test"], 1)
+
+
+def test_close_pools_leaves_a_pop_under_way_alone(redis, redis_url: str) -> None:
+    import threading
+
+    layer = RedisChannelLayer(hosts(redis_url))
+    got: list[Any] = []
+    popping = threading.Thread(target=lambda: got.append(layer.receive_hint_now(["sisy.test"], 2)))
+    popping.start()
+    deadline = time.monotonic() + 5
+    while not any(c["cmd"] == "bzpopmin" for c in redis.client_list()):
+        assert time.monotonic() < deadline, "the pop never started"
+        time.sleep(0.01)
+    layer.send_now("sisy.test", {"type": "a"})  # a send_now pool too, idle by now
+    run(layer.close_pools())
+    popping.join(5)
+    assert got == [("sisy.test", {"type": "a"})]  # not cut off by the close
+    assert layer._sync_clients == {} and layer._blocking_clients == {}

@@ -150,6 +150,8 @@ def test_a_run_consumer_with_a_layer_of_its_own_keeps_channels_set_up(redis_url:
 def test_the_run_thread_takes_the_run_channels_when_it_can_hand_each_their_messages(
     redis_url: str,
 ) -> None:
+    import functools
+
     from channels.consumer import AsyncConsumer
     from channels.layers import InMemoryChannelLayer
     from channels.middleware import BaseMiddleware
@@ -193,6 +195,13 @@ def test_the_run_thread_takes_the_run_channels_when_it_can_hand_each_their_messa
     assert consumers({**routes, "sisy.grouped": WithLayer.as_asgi()}) == {}
     # So does a channel whose consumer sisy cannot see (it might run jobs).
     assert consumers({**routes, "wrapped": BaseMiddleware(RunConsumer.as_asgi())}) == {}
+    inner = RunConsumer.as_asgi()
+
+    @functools.wraps(inner)  # copies consumer_class onto the middleware
+    async def logged(scope: Any, receive: Any, send: Any) -> None:
+        await inner(scope, receive, send)
+
+    assert consumers({**routes, "logged": logged}) == {}
     assert consumers(routes, InMemoryChannelLayer()) == {}  # the layer cannot pop synchronously
 
 
@@ -277,25 +286,103 @@ def test_a_wake_up_popped_as_the_worker_stops_goes_back_to_redis(
     assert [layer.deserialize(data) for data in back] == [{"type": "sisy.run", "job": "j1"}]
 
 
-def test_a_worker_whose_run_thread_fails_stops_with_status_1(redis_url: str) -> None:
-    import asyncio
+@pytest.fixture
+def keep_signal_handlers() -> Any:
+    """SisyWorker.handle() installs SIGTERM/SIGINT handlers on its loop: put pytest's back."""
+    import signal
 
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in kept.items():
+        signal.signal(signum, handler)
+
+
+def _run_only_worker(redis_url: str, consumer_class: Any) -> Any:
     from channels.routing import ChannelNameRouter
 
-    from sisy.consumers import RunConsumer
     from sisy.state import WorkerState
     from sisy.worker import SisyWorker
+
+    layer = RedisChannelLayer(hosts(redis_url))
+    state = WorkerState(worker_id="w", channels=("sisy.t1",))
+    # The run channel only: no listener on the event loop at all.
+    app = ChannelNameRouter({"sisy.t1": consumer_class.as_asgi()})
+    return SisyWorker(app, ["sisy.t1"], layer, state)
+
+
+def test_a_worker_whose_run_thread_fails_stops_with_status_1(
+    redis_url: str, keep_signal_handlers: Any
+) -> None:
+    import asyncio
+
+    from sisy.consumers import RunConsumer
 
     class Exiting(RunConsumer):
         def sisy_run(self, message: dict[str, Any]) -> None:
             raise SystemExit(3)  # not an Exception: the thread cannot go on
 
-    layer = RedisChannelLayer(hosts(redis_url))
-    state = WorkerState(worker_id="w", channels=("sisy.t1",))
-    # The run channel only: no listener on the event loop at all.
-    app = ChannelNameRouter({"sisy.t1": Exiting.as_asgi()})
-    worker = SisyWorker(app, ["sisy.t1"], layer, state)
+    worker = _run_only_worker(redis_url, Exiting)
     asyncio.run(asyncio.wait_for(worker.handle(), 10))  # returns: the worker stopped
-    assert state.stopping.is_set()
+    assert worker.state.stopping.is_set()
     assert worker.exit_status == 1
     assert worker._signals == 0  # a stop of its own, not a signal (a second would exit at once)
+
+
+def test_a_stopping_worker_waits_for_the_run_thread_to_end_its_pop(
+    redis_url: str, keep_signal_handlers: Any
+) -> None:
+    import asyncio
+    import threading
+
+    from sisy.consumers import RunConsumer
+
+    class Idle(RunConsumer):
+        def sisy_run(self, message: dict[str, Any]) -> None:
+            pass
+
+    worker = _run_only_worker(redis_url, Idle)
+
+    async def go() -> None:
+        asyncio.get_running_loop().call_later(0.3, worker.request_stop)
+        await worker.handle()
+
+    asyncio.run(asyncio.wait_for(go(), 10))
+    # The thread was waiting in a one-second pop at the stop; handle() waited for it.
+    assert not [t for t in threading.enumerate() if t.name == "sisy-run"]
+    assert worker.exit_status == 0
+
+
+def test_the_run_thread_backs_off_while_handling_fails_and_resets_on_success(
+    redis_url: str,
+) -> None:
+    import threading
+
+    from sisy.consumers import RunConsumer
+    from sisy.state import WorkerState
+    from sisy.worker import SisyWorker
+
+    class Failing(RunConsumer):
+        def sisy_run(self, message: dict[str, Any]) -> None:
+            if message.get("job") != "fine":
+                raise RuntimeError("the database is away")
+
+    waits: list[float] = []
+
+    class Stopping(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(round(timeout or 0, 3))
+            if len(waits) == 5:
+                self.set()
+            return self.is_set()
+
+    layer = RedisChannelLayer(hosts(redis_url))
+    state = WorkerState(worker_id="w", channels=("sisy.t1",))
+    state.stopping = Stopping()
+    worker = SisyWorker(lambda *a: None, ["sisy.t1"], layer, state)
+    consumer = Failing()
+    consumer.scope = {"type": "channel", "channel": "sisy.t1"}
+    for job in ("a", "b", "fine", "c", "d", "e"):
+        layer.send_now("sisy.t1", {"type": "sisy.run", "job": job})
+    worker.pop_and_run({"sisy.t1": consumer})
+    # The backlog fails, then a and b; "fine" resets the wait; then c and d.
+    assert waits == [0.1, 0.2, 0.4, 0.1, 0.2]
