@@ -250,15 +250,8 @@ class SisyWorker(Worker):
             try:
                 popped = self.channel_layer.receive_hint_now(channels, RUN_THREAD_POP_TIMEOUT)
             except Exception as exc:
-                logger.warning(
-                    "sisy: receiving on %s failed (%s: %s); retrying in %.1fs",
-                    ", ".join(channels),
-                    type(exc).__name__,
-                    exc,
-                    pop_backoff,
-                )
-                if not _is_transport_error(exc):
-                    self.state.note_dropped()  # e.g. bytes that are not a message
+                # The pool's read timeout outlasts the pop: a timeout is Redis stalling.
+                self._receive_failed(", ".join(channels), exc, pop_backoff)
                 self.state.stopping.wait(pop_backoff)
                 pop_backoff = min(self.max_backoff, pop_backoff * 2)
                 continue
@@ -276,6 +269,20 @@ class SisyWorker(Worker):
                 # (longer each time) rather than pop and drop ten a second.
                 self.state.stopping.wait(failed_backoff)
                 failed_backoff = min(self.max_backoff, failed_backoff * 2)
+
+    def _receive_failed(
+        self, where: str, exc: Exception, backoff: float, quiet: bool = False
+    ) -> None:
+        """Log a failed receive; count a message that could not be read as dropped."""
+        (logger.debug if quiet else logger.warning)(
+            "sisy: receiving on %s failed (%s: %s); retrying in %.1fs",
+            where,
+            type(exc).__name__,
+            exc,
+            backoff,
+        )
+        if not _is_transport_error(exc):
+            self.state.note_dropped()  # e.g. bytes that are not a message
 
     def _send_back(self, channel: str, message: Any) -> None:
         try:
@@ -383,16 +390,7 @@ class SisyWorker(Worker):
             except Exception as exc:
                 # With redis-py >= 8 and no socket_timeout in the layer's hosts, an
                 # idle blocking pop times out every 5 s: check sisy.W003 says so.
-                log = logger.debug if _is_read_timeout(exc) else logger.warning
-                log(
-                    "sisy: receiving on %s failed (%s: %s); retrying in %.1fs",
-                    channel,
-                    type(exc).__name__,
-                    exc,
-                    backoff,
-                )
-                if not _is_transport_error(exc):
-                    self.state.note_dropped()  # e.g. bytes that are not a message
+                self._receive_failed(channel, exc, backoff, quiet=_is_read_timeout(exc))
                 if not _is_read_timeout(exc):
                     await asyncio.sleep(backoff)
                     backoff = min(self.max_backoff, backoff * 2)

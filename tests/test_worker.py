@@ -205,6 +205,20 @@ def test_the_run_thread_takes_the_run_channels_when_it_can_hand_each_their_messa
     assert consumers(routes, InMemoryChannelLayer()) == {}  # the layer cannot pop synchronously
 
 
+def _popping_worker(redis_url: str, consumer_class: Any, channels: tuple[str, ...]) -> Any:
+    """A worker, its layer and one ``consumer_class`` per channel, for calling pop_and_run."""
+    from sisy.state import WorkerState
+    from sisy.worker import SisyWorker
+
+    layer = RedisChannelLayer(hosts(redis_url))
+    state = WorkerState(worker_id="w", channels=channels)
+    worker = SisyWorker(lambda *a: None, list(channels), layer, state)
+    consumers = {name: consumer_class() for name in channels}
+    for name, consumer in consumers.items():
+        consumer.scope = {"type": "channel", "channel": name}
+    return worker, layer, consumers
+
+
 def test_the_run_thread_hands_over_what_it_pops_and_survives_what_fails(
     redis, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -212,8 +226,6 @@ def test_the_run_thread_hands_over_what_it_pops_and_survives_what_fails(
     import time
 
     from sisy.consumers import RunConsumer
-    from sisy.state import WorkerState
-    from sisy.worker import SisyWorker
 
     seen: list[Any] = []
 
@@ -227,12 +239,8 @@ def test_the_run_thread_hands_over_what_it_pops_and_survives_what_fails(
         def test_fail(self, message: dict[str, Any]) -> None:
             raise RuntimeError("the database is away")
 
-    layer = RedisChannelLayer(hosts(redis_url))
-    state = WorkerState(worker_id="w", channels=("sisy.t1", "sisy.t2"))
-    worker = SisyWorker(lambda *a: None, ["sisy.t1", "sisy.t2"], layer, state)
-    consumers = {name: Recording() for name in ("sisy.t1", "sisy.t2")}
-    for name, consumer in consumers.items():
-        consumer.scope = {"type": "channel", "channel": name}
+    worker, layer, consumers = _popping_worker(redis_url, Recording, ("sisy.t1", "sisy.t2"))
+    state = worker.state
     layer.send_now("sisy.t1", {"type": "test.note", "n": 1})
     layer.send_now("sisy.t1", {"type": "test.fail"})
     redis.zadd("asgisisy.t2", {b"0123456789ab\xc1": time.time()})  # not a message
@@ -258,8 +266,6 @@ def test_a_wake_up_popped_as_the_worker_stops_goes_back_to_redis(
     redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sisy.consumers import RunConsumer
-    from sisy.state import WorkerState
-    from sisy.worker import SisyWorker
 
     seen: list[Any] = []
 
@@ -267,11 +273,8 @@ def test_a_wake_up_popped_as_the_worker_stops_goes_back_to_redis(
         def sisy_run(self, message: dict[str, Any]) -> None:
             seen.append(message.get("job"))
 
-    layer = RedisChannelLayer(hosts(redis_url))
-    state = WorkerState(worker_id="w", channels=("sisy.t1",))
-    worker = SisyWorker(lambda *a: None, ["sisy.t1"], layer, state)
-    consumer = Recording()
-    consumer.scope = {"type": "channel", "channel": "sisy.t1"}
+    worker, layer, consumers = _popping_worker(redis_url, Recording, ("sisy.t1",))
+    state = worker.state
     layer.send_now("sisy.t1", {"type": "sisy.run", "job": "j1"})
     pop = RedisChannelLayer.receive_hint_now
 
@@ -280,7 +283,7 @@ def test_a_wake_up_popped_as_the_worker_stops_goes_back_to_redis(
         return pop(self, channels, timeout)
 
     monkeypatch.setattr(RedisChannelLayer, "receive_hint_now", pop_while_stopping)
-    worker.pop_and_run({"sisy.t1": consumer})
+    worker.pop_and_run(consumers)
     assert seen == [None]  # the backlog only
     back = redis.zrange("asgisisy.t1", 0, -1)
     assert [layer.deserialize(data) for data in back] == [{"type": "sisy.run", "job": "j1"}]
@@ -358,8 +361,6 @@ def test_the_run_thread_backs_off_while_handling_fails_and_resets_on_success(
     import threading
 
     from sisy.consumers import RunConsumer
-    from sisy.state import WorkerState
-    from sisy.worker import SisyWorker
 
     class Failing(RunConsumer):
         def sisy_run(self, message: dict[str, Any]) -> None:
@@ -375,14 +376,10 @@ def test_the_run_thread_backs_off_while_handling_fails_and_resets_on_success(
                 self.set()
             return self.is_set()
 
-    layer = RedisChannelLayer(hosts(redis_url))
-    state = WorkerState(worker_id="w", channels=("sisy.t1",))
-    state.stopping = Stopping()
-    worker = SisyWorker(lambda *a: None, ["sisy.t1"], layer, state)
-    consumer = Failing()
-    consumer.scope = {"type": "channel", "channel": "sisy.t1"}
+    worker, layer, consumers = _popping_worker(redis_url, Failing, ("sisy.t1",))
+    worker.state.stopping = Stopping()
     for job in ("a", "b", "fine", "c", "d", "e"):
         layer.send_now("sisy.t1", {"type": "sisy.run", "job": job})
-    worker.pop_and_run({"sisy.t1": consumer})
+    worker.pop_and_run(consumers)
     # The backlog fails, then a and b; "fine" resets the wait; then c and d.
     assert waits == [0.1, 0.2, 0.4, 0.1, 0.2]
