@@ -718,7 +718,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
          ["1 worker", "2 workers"], False),
         ("W1 drain: jobs/s from worker launch", ["w1_k1_wall", "w1_k2_wall"],
          ["1 worker", "2 workers"], False),
-        ("W2 latency: submit to result readable (ms, log)", ["w2_result_p50", "w2_result_p99"],
+        ("W2 latency: submit to job start (ms, log)", ["w2_start_p50", "w2_start_p99"],
          ["p50", "p99"], True),
         ("W3 submit cost (µs per job)", ["w3_submit", "w3_bulk"],
          ["one call per job", "bulk"], False),
