@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.conf import settings
@@ -85,10 +86,12 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         messages.extend(_check_socket_timeout(alias, layer))
         from sisy.heartbeat import redis_connection_kwargs
 
-        try:
-            redis_connection_kwargs()
-        except ImproperlyConfigured as exc:
-            messages.append(checks.Warning(str(exc), id="sisy.W002"))
+        # An invalid SISY_REDIS_URL (ValueError) is sisy.E003's to report.
+        with contextlib.suppress(ValueError):
+            try:
+                redis_connection_kwargs()
+            except ImproperlyConfigured as exc:
+                messages.append(checks.Warning(str(exc), id="sisy.W002"))
     return messages
 
 
@@ -146,7 +149,10 @@ def _timeout_outlasts_pop(host: Any) -> bool:
     if isinstance(host, dict):
         if "socket_timeout" in host:
             value = host["socket_timeout"]
-            return value is None or float(value) > BLOCKING_POP_SECONDS
+            try:
+                return value is None or float(value) > BLOCKING_POP_SECONDS
+            except (TypeError, ValueError):
+                return False  # not a number of seconds: redis-py cannot use it either
         host = host.get("address")
     if isinstance(host, str):
         query = parse_qs(urlsplit(host).query)

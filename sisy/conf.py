@@ -109,7 +109,8 @@ class Settings:
             "SISY_WORKER_HEARTBEAT_TTL",
             self._get("SISY_WORKER_HEARTBEAT_TTL", WORKER_HEARTBEAT_TTL),
         )
-        if ttl <= self.WORKER_HEARTBEAT_INTERVAL:
+        interval = self._valid_interval()
+        if interval is not None and ttl <= interval:
             raise ValueError(
                 "SISY_WORKER_HEARTBEAT_TTL must be longer than SISY_WORKER_HEARTBEAT_INTERVAL, "
                 "or live workers flicker out of sight between two heartbeats"
@@ -132,7 +133,8 @@ class Settings:
     @property
     def JOB_LEASE(self) -> float:
         lease = _positive_number("SISY_JOB_LEASE", self._get("SISY_JOB_LEASE", JOB_LEASE))
-        if lease <= self.WORKER_HEARTBEAT_INTERVAL:
+        interval = self._valid_interval()
+        if interval is not None and lease <= interval:
             raise ValueError(
                 "SISY_JOB_LEASE must be longer than SISY_WORKER_HEARTBEAT_INTERVAL, "
                 "because the worker renews the lease once per heartbeat"
@@ -243,6 +245,17 @@ class Settings:
         return _bool(
             "SISY_CLAIM_ASYNC_COMMIT", self._get("SISY_CLAIM_ASYNC_COMMIT", CLAIM_ASYNC_COMMIT)
         )
+
+    def _valid_interval(self) -> float | None:
+        """:setting:`SISY_WORKER_HEARTBEAT_INTERVAL`, or ``None`` where it is invalid.
+
+        Settings compared with it are not refused for it: its own error says
+        what is wrong, once.
+        """
+        try:
+            return self.WORKER_HEARTBEAT_INTERVAL
+        except ValueError:
+            return None
 
     def validate(self) -> list[str]:
         """Read every setting once; return one message per invalid setting."""

@@ -1,10 +1,11 @@
 """Worker heartbeats: one Redis key per live worker, ``worker:<worker_id>``.
 
-Every ``SISY_WORKER_HEARTBEAT_INTERVAL`` seconds (and at once on each status
-change) a worker writes its :meth:`~sisy.state.WorkerState.snapshot` as JSON
-with a TTL of ``SISY_WORKER_HEARTBEAT_TTL``; a worker that dies disappears when
-the key expires, one that exits cleanly deletes it. The same thread renews the
-lease of the job the worker is running.
+Every ``SISY_WORKER_HEARTBEAT_INTERVAL`` seconds (and on each status change,
+at most :data:`PUBLISH_GAP` seconds later) a worker writes its
+:meth:`~sisy.state.WorkerState.snapshot` as JSON with a TTL of
+``SISY_WORKER_HEARTBEAT_TTL``; a worker that dies disappears when the key
+expires, one that exits cleanly deletes it. The same thread renews the lease
+of the job the worker is running.
 """
 
 from __future__ import annotations

@@ -447,8 +447,10 @@ registry = ModuleRegistry()
 def register(name: str) -> Callable[[ModuleT], ModuleT]:
     """Class decorator: make a :class:`Module` subclass runnable under ``name``.
 
-    Raises ``ImproperlyConfigured`` at import time for an invalid schema or a
-    name already taken by another class.
+    Raises ``ImproperlyConfigured`` at import time for an invalid name or
+    schema, a class that is not a :class:`Module` subclass, an invalid
+    ``retries``, ``retry_backoff``, ``retry_backoff_max`` or ``time_limit``,
+    or a name already taken by another class.
     """
 
     def decorator(module_class: ModuleT) -> ModuleT:

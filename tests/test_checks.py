@@ -92,6 +92,16 @@ def test_module_schema_broken_after_registration() -> None:
         registry.unregister("drifting")
 
 
+@pytest.mark.parametrize("url", [5, ""])
+def test_invalid_heartbeat_url_is_one_error_not_a_crash(url: object) -> None:
+    layer = {**REDIS, "CONFIG": {"hosts": [{"address": "redis://h:6379", "socket_timeout": 9}]}}
+    with override_settings(CHANNEL_LAYERS={"default": layer}, SISY_REDIS_URL=url):
+        assert "sisy.W002" not in ids(checks.check_channel_layer())
+        found = checks.check_settings()
+    assert ids(found) == ["sisy.E003"]
+    assert "SISY_REDIS_URL" in found[0].msg
+
+
 @pytest.mark.parametrize(
     ("host", "warned"),
     [
@@ -101,6 +111,8 @@ def test_module_schema_broken_after_registration() -> None:
         ("redis://h:6379/0?socket_timeout=10", False),
         ("redis://h:6379/0?socket_timeout=2", True),
         (("h", 6379), True),
+        ({"address": "redis://h:6379", "socket_timeout": "ten"}, True),
+        ({"address": "redis://h:6379", "socket_timeout": [10]}, True),
     ],
 )
 def test_socket_timeout_must_outlast_the_blocking_pop(host: object, warned: bool) -> None:

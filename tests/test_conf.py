@@ -41,3 +41,12 @@ def test_invalid_values_name_the_setting(name: str, value: object, message: str)
     with override_settings(**{name: value}):
         problems = sisy_settings.validate()
     assert any(message in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize("interval", [0, "5"])
+def test_an_invalid_interval_is_reported_once(interval: object) -> None:
+    """The TTL and the lease are compared with the interval, but its error is its own."""
+    with override_settings(SISY_WORKER_HEARTBEAT_INTERVAL=interval):
+        problems = sisy_settings.validate()
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("SISY_WORKER_HEARTBEAT_INTERVAL must be")
