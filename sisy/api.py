@@ -431,6 +431,12 @@ def list_workers(request: HttpRequest) -> HttpResponse:
     return _json({"count": len(workers), "results": workers})
 
 
+def _description(module: type) -> str:
+    """The first paragraph of the module class's own docstring ("" without one, not its base's)."""
+    doc = module.__dict__.get("__doc__")
+    return inspect.cleandoc(doc).split("\n\n")[0] if isinstance(doc, str) else ""
+
+
 def list_modules(request: HttpRequest) -> HttpResponse:
     require(request, "sisy.add_job")
     return _json(
@@ -438,7 +444,7 @@ def list_modules(request: HttpRequest) -> HttpResponse:
             "results": [
                 {
                     "name": name,
-                    "description": (inspect.getdoc(module) or "").split("\n\n")[0],
+                    "description": _description(module),
                     "schema": module.schema,
                 }
                 for name, module in registry.items()

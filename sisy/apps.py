@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import autodiscover_modules
 from django.utils.translation import gettext_lazy as _
 
@@ -13,8 +16,21 @@ class SisyConfig(AppConfig):
     def ready(self) -> None:
         from importlib import import_module
 
+        from django.conf import settings
+
         from sisy import checks  # noqa: F401  (registers the system checks)
         from sisy.conf import sisy_settings
+
+        # Django registers its check of TASKS (which runs each backend's own
+        # check) only once django.tasks is imported: make sure it is, when
+        # sisy's backend is configured, so that `manage.py check` runs it.
+        tasks = getattr(settings, "TASKS", None)
+        if isinstance(tasks, dict) and any(
+            isinstance(entry, dict) and entry.get("BACKEND") == "sisy.backends.ChannelsBackend"
+            for entry in tasks.values()
+        ):
+            with contextlib.suppress(ImportError):  # Django < 6.0 has no django.tasks
+                import_module("django.tasks")
 
         # Modules live in each installed app's sisy_modules.py, and in any
         # module listed in SISY_MODULES. Importing them registers them.
@@ -24,4 +40,13 @@ class SisyConfig(AppConfig):
         except ValueError:
             extra = ()  # reported by check sisy.E003
         for path in extra:
-            import_module(path)
+            try:
+                import_module(path)
+            except ModuleNotFoundError as exc:
+                # The listed module itself (or its package) is missing, not
+                # something it imports: say which setting names it.
+                if exc.name is None or not (path == exc.name or path.startswith(exc.name + ".")):
+                    raise
+                raise ImproperlyConfigured(
+                    f"SISY_MODULES lists {path!r}, which cannot be imported: {exc}"
+                ) from exc

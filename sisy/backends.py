@@ -116,7 +116,44 @@ class ChannelsBackend(BaseTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        self.channels = self._configured_channels()
+        #: What is wrong with ``OPTIONS``, if anything: reported by
+        #: ``manage.py check`` (sisy.E006) and raised on first use, rather than
+        #: raised here, where Django's own check would crash on it.
+        self.invalid: str | None = None
+        try:
+            self.channels = self._configured_channels()
+        except InvalidTaskBackend as exc:
+            self.invalid, self.channels = str(exc), {}
+
+    def check(self, **kwargs: Any) -> list[Any]:
+        """Django's check of this backend: its options, and the routing of its channels."""
+        from django.core import checks
+
+        from sisy.checks import unrouted
+
+        messages = list(super().check(**kwargs))
+        if self.invalid is not None:
+            messages.append(
+                checks.Error(
+                    self.invalid,
+                    hint="See sisy's docs on its Tasks backend for OPTIONS['CHANNELS'].",
+                    id="sisy.E006",
+                )
+            )
+            return messages
+        found = unrouted(sorted(set(self.channels.values())))
+        if found is not None:
+            where, missing = found
+            messages.append(
+                checks.Warning(
+                    f"TASKS[{self.alias!r}] sends tasks on channel(s) {', '.join(missing)}, "
+                    f"which {where} does not route: workers would drop them.",
+                    hint="Route each to sisy.consumers.RunConsumer in the ChannelNameRouter "
+                    "of your ASGI application, with sisy.routing.channel_routes().",
+                    id="sisy.W006",
+                )
+            )
+        return messages
 
     def _configured_channels(self) -> dict[str, str]:
         where = f"TASKS[{self.alias!r}]"
@@ -154,7 +191,12 @@ class ChannelsBackend(BaseTaskBackend):
         return dict(channels)
 
     def channel_for(self, queue_name: str) -> str:
-        """The sisy channel whose workers run the tasks of ``queue_name``."""
+        """The sisy channel whose workers run the tasks of ``queue_name``.
+
+        ``InvalidTaskBackend`` when the backend's ``OPTIONS`` are invalid.
+        """
+        if self.invalid is not None:
+            raise InvalidTaskBackend(self.invalid)
         channel = self.channels.get(queue_name)
         if channel is not None:
             return channel

@@ -68,7 +68,8 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             checks.Error(
                 f"sisy needs a channel layer, and CHANNEL_LAYERS has no {alias!r} entry.",
                 hint='Add a Redis channel layer: CHANNEL_LAYERS = {"default": {"BACKEND": '
-                '"sisy.layers.RedisChannelLayer", "CONFIG": {"hosts": ["redis://..."]}}}.',
+                '"sisy.layers.RedisChannelLayer", "CONFIG": {"hosts": [{"address": '
+                '"redis://...", "socket_timeout": 10}]}}}.',
                 id="sisy.E001",
             )
         ]
@@ -78,7 +79,8 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             checks.Warning(
                 f"CHANNEL_LAYERS[{alias!r}] is the in-memory layer: workers in other processes "
                 "never receive its messages.",
-                hint="Use channels_redis for any deployment with separate worker processes.",
+                hint="Use sisy.layers.RedisChannelLayer (or channels_redis's) for any "
+                "deployment with separate worker processes.",
                 id="sisy.W001",
             )
         )
@@ -201,6 +203,37 @@ def check_routing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
             id="sisy.W004",
         )
     ]
+
+
+def unrouted(channels: list[str]) -> tuple[str, list[str]] | None:
+    """Which of ``channels`` the application that workers run does not route, if known.
+
+    ``(what that application is, the channels missing)``; ``None`` when all
+    are routed, or when the routing cannot be read (a custom router; an
+    ``ASGI_APPLICATION`` that does not load, which sisy.W005 reports).
+    Without ``ASGI_APPLICATION`` workers route only sisy's own channels.
+    """
+    from django.utils.module_loading import import_string
+
+    from sisy.routing import channel_names
+
+    path = getattr(settings, "ASGI_APPLICATION", None)
+    if path:
+        try:
+            routes = _channel_routes(import_string(path))
+        except Exception:
+            return None
+        where = str(path)
+    else:
+        try:
+            routes = set(channel_names())
+        except ValueError:
+            return None  # reported by sisy.E003
+        where = "sisy's own router (ASGI_APPLICATION is not set)"
+    if routes is None:
+        return None
+    missing = [channel for channel in channels if channel not in routes]
+    return (where, missing) if missing else None
 
 
 def _channel_routes(application: Any) -> set[str] | None:

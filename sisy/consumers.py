@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
 from channels.consumer import AsyncConsumer, SyncConsumer
 from channels.exceptions import StopConsumer
 from django.db import close_old_connections
@@ -21,6 +21,21 @@ from sisy import clock, runner, worker
 from sisy.conf import sisy_settings
 
 logger = logging.getLogger("sisy.consumers")
+
+
+def _marked_async(send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """``send`` as a coroutine function, which is what ``async_to_sync`` expects.
+
+    Channels' worker (``runworker``) passes a lambda that returns the
+    coroutine; given it as it is, asgiref warns once per consumer.
+    """
+    if iscoroutinefunction(send):
+        return send
+
+    async def send_message(message: Any) -> None:
+        await send(message)
+
+    return send_message
 
 
 class _TolerantConsumer(SyncConsumer):
@@ -43,7 +58,7 @@ class _TolerantConsumer(SyncConsumer):
             return await super().__call__(scope, receive, send)
         self.scope = scope
         self.channel_layer = None  # as Channels sets it for channel_layer_alias = None
-        self.base_send = async_to_sync(send)
+        self.base_send = async_to_sync(_marked_async(send))
         with contextlib.suppress(StopConsumer):  # a clean exit, as in Channels
             while True:
                 await self.dispatch(await receive())

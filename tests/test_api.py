@@ -432,6 +432,7 @@ def test_modules_lists_public_modules_with_schemas(admin_client: Client) -> None
     by_name = {m["name"]: m for m in body["results"]}
     assert by_name["record"]["schema"]["required"] == ["label"]
     assert by_name["record"]["description"].startswith("Appends")
+    assert by_name["slow"]["description"] == ""  # no docstring: not Module's own
     assert "sisy.task" not in by_name
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -168,8 +169,35 @@ class TestConfiguration:
     def test_bad_options_are_refused_naming_the_setting(
         self, params: dict[str, Any], message: str
     ) -> None:
+        backend = ChannelsBackend("x", params)  # Django's check builds it: no raise here
+        [error] = backend.check()
+        assert error.id == "sisy.E006"
+        assert re.search(message, error.msg)
         with pytest.raises(InvalidTaskBackend, match=message):
-            ChannelsBackend("x", params)
+            backend.channel_for(DEFAULT_TASK_QUEUE_NAME)
+
+    def test_manage_py_check_reports_bad_options(self) -> None:
+        from django.core.management import call_command
+        from django.core.management.base import SystemCheckError
+
+        setting = {"default": {"BACKEND": "sisy.backends.ChannelsBackend", "OPTIONS": {"X": 1}}}
+        with (
+            override_settings(TASKS=setting),
+            pytest.raises(SystemCheckError, match=r"sisy\.E006.*unknown key 'X'"),
+        ):
+            call_command("check")
+
+    def test_a_channel_no_worker_routes_is_a_warning(self) -> None:
+        assert task_backends["default"].check() == []  # the test project routes sisy.emails
+        backend = ChannelsBackend(
+            "x", {"QUEUES": ["default", "bulk"], "OPTIONS": {"CHANNELS": {"bulk": "sisy.bulk"}}}
+        )
+        [warning] = backend.check()
+        assert warning.id == "sisy.W006"
+        assert "sisy.bulk" in warning.msg and "tests.asgi.application" in warning.msg
+        with override_settings(ASGI_APPLICATION=None):
+            [warning] = backend.check()
+        assert "sisy's own router" in warning.msg
 
     def test_with_any_queue_allowed_an_unmapped_queue_is_invalid(self) -> None:
         tasks_setting = {

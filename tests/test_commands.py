@@ -96,3 +96,18 @@ def test_submit_wait_follows_the_job_and_exits_with_its_outcome(
     assert result.returncode == code, result.stdout + result.stderr
     assert expected in result.stdout + result.stderr
     assert "task 1 of" in result.stdout and "[#" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["sisy_worker", "sisy_heartbeat"])
+def test_an_unknown_layer_alias_is_named(command: str) -> None:
+    with pytest.raises(
+        CommandError, match=r"CHANNEL_LAYERS has no 'nope' entry \(named by --layer\)"
+    ):
+        call_command(command, "--layer", "nope")
+
+
+def test_the_worker_refuses_a_channel_its_application_does_not_route() -> None:
+    with pytest.raises(
+        CommandError, match=r"tests\.asgi\.application does not route .*sisy\.nowhere"
+    ):
+        call_command("sisy_worker", "sisy.run", "sisy.nowhere")

@@ -266,3 +266,23 @@ def test_the_registry_reports_what_the_quick_check_is_unsure_of(fresh: ModuleReg
     assert fresh.validate("counted", {"n": 1}) == []
     assert [p.path for p in fresh.validate("counted", {"n": "one"})] == ["$.n"]
     assert [p.message for p in fresh.validate("counted", {})] == ["'n' is a required property"]
+
+
+def test_sisy_modules_naming_a_missing_module_says_so(tmp_path, monkeypatch) -> None:
+    """A listed module that is not there names the setting; an error inside one is its own."""
+    from django.apps import apps
+    from django.test import override_settings
+
+    (tmp_path / "sisy_mods_with_a_bad_import.py").write_text("import sisy_not_a_package\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = apps.get_app_config("sisy")
+    with (
+        override_settings(SISY_MODULES=["tests.testapp.no_such_modules"]),
+        pytest.raises(ImproperlyConfigured, match=r"SISY_MODULES lists 'tests\.testapp\.no_such"),
+    ):
+        config.ready()
+    with (
+        override_settings(SISY_MODULES=["sisy_mods_with_a_bad_import"]),
+        pytest.raises(ModuleNotFoundError, match="sisy_not_a_package"),
+    ):
+        config.ready()

@@ -383,3 +383,30 @@ def test_the_run_thread_backs_off_while_handling_fails_and_resets_on_success(
     worker.pop_and_run(consumers)
     # The backlog fails, then a and b; "fine" resets the wait; then c and d.
     assert waits == [0.1, 0.2, 0.4, 0.1, 0.2]
+
+
+def test_a_send_that_returns_a_coroutine_is_called_without_a_warning() -> None:
+    """Channels' worker (runworker) gives consumers a lambda as ``send``: no asgiref warning."""
+    import warnings
+
+    from asgiref.sync import async_to_sync
+
+    from sisy.consumers import _marked_async
+
+    sent: list[Any] = []
+
+    async def deliver(message: Any) -> None:
+        sent.append(message)
+
+    def send(message: Any) -> Any:
+        return deliver(message)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async_to_sync(send)({"n": 1})  # as it was: asgiref warns
+        assert [str(w.message) for w in caught if "non-async-marked" in str(w.message)]
+        caught.clear()
+        async_to_sync(_marked_async(send))({"n": 2})
+        assert not [w for w in caught if "non-async-marked" in str(w.message)]
+    assert sent == [{"n": 1}, {"n": 2}]
+    assert _marked_async(deliver) is deliver

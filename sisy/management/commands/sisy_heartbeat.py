@@ -9,10 +9,11 @@ import signal
 import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from sisy import clock
 from sisy.conf import sisy_settings
+from sisy.management.layers import channel_layer
 
 logger = logging.getLogger("sisy.clock")
 
@@ -39,13 +40,7 @@ class Command(BaseCommand):
                     f"{report.woken} wake-up(s) sent ({report.deferred} for deferred jobs now due)"
                 )
             return
-        from channels.layers import get_channel_layer
-
-        layer = get_channel_layer(options["layer"] or sisy_settings.CHANNEL_LAYER)
-        if layer is None:
-            raise CommandError(
-                "No channel layer is configured: set CHANNEL_LAYERS (see sisy's docs)."
-            )
+        layer = channel_layer(options["layer"])
         asyncio.run(
             run_clock(layer, sisy_settings.HEARTBEAT_CHANNEL, sisy_settings.HEARTBEAT_FREQUENCY)
         )

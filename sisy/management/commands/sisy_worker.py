@@ -7,8 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sisy.conf import sisy_settings
-from sisy.routing import channel_names
+from sisy.management.layers import channel_layer
+from sisy.routing import channel_names, routed
 from sisy.state import WorkerState
 
 
@@ -34,23 +34,19 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from channels.layers import get_channel_layer
-
         from sisy.worker import SisyWorker
 
-        layer = get_channel_layer(options["layer"] or sisy_settings.CHANNEL_LAYER)
-        if layer is None:
-            raise CommandError(
-                "No channel layer is configured: set CHANNEL_LAYERS (see sisy's docs)."
-            )
+        layer = channel_layer(options["layer"])
         if options["prefetch"] is not None and options["prefetch"] < 1:
             raise CommandError("--prefetch must be at least 1")
         channels = options["channels"] or channel_names()
+        application = _application()
+        _check_routed(application, channels)
         worker_state = WorkerState(worker_id=options["worker_id"], channels=tuple(channels))
         if options["verbosity"] >= 1:
             self.stdout.write(f"sisy worker {worker_state.worker_id} on {', '.join(channels)}")
         SisyWorker(
-            application=_application(),
+            application=application,
             channels=channels,
             channel_layer=layer,
             worker_state=worker_state,
@@ -69,3 +65,27 @@ def _application() -> Any:
     from sisy.routing import channel_routes
 
     return ChannelNameRouter(channel_routes())
+
+
+def _check_routed(application: Any, channels: list[str]) -> None:
+    """Refuse to start on a channel the application is known not to route.
+
+    Its every message would fail (``No application configured for channel
+    name``) and its jobs would wait for nothing. An application whose routes
+    sisy cannot see (a custom router, a middleware) is trusted.
+    """
+    routes = routed(application)
+    if routes is None:
+        return
+    missing = [channel for channel in channels if channel not in routes]
+    if missing:
+        where = (
+            settings.ASGI_APPLICATION
+            if getattr(settings, "ASGI_APPLICATION", None)
+            else ("sisy's own router (no ASGI_APPLICATION is set)")
+        )
+        raise CommandError(
+            f"{where} does not route the channel(s) {', '.join(missing)}: route each to "
+            "sisy.consumers.RunConsumer in its ChannelNameRouter (see sisy's docs on "
+            "channels), or leave them out."
+        )
