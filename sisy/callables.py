@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -84,6 +85,8 @@ def _describe_object(target: Any) -> dict[str, Any]:
     if not callable(target):
         raise ValueError(f"{target!r} is not callable")
     owner = getattr(target, "__self__", None)
+    if inspect.ismodule(owner):
+        owner = None  # a built-in function (print, math.sqrt): its __self__ is its module
     function = getattr(target, "__func__", target)
     module = getattr(function, "__module__", None)
     qualname = getattr(function, "__qualname__", "")
@@ -98,6 +101,12 @@ def _describe_object(target: Any) -> dict[str, Any]:
             "module level (or a method of a class defined at module level)"
         )
     path = f"{module}.{qualname}"
+    if module == "__main__" or not _found_at(module, qualname, function):
+        raise ValueError(
+            f"{target!r} cannot be imported by a worker as {path!r}: define it in a module "
+            "of your project that workers import (not in a shell, a notebook or a script "
+            "run as __main__)"
+        )
     if owner is None:
         if "." in qualname:
             return _describe_path(path, None)  # staticmethod, or an unbound method: the class says
@@ -123,6 +132,16 @@ def _describe_object(target: Any) -> dict[str, Any]:
         "model": cls._meta.label_lower,
         "model_pk": json_pk(owner.pk),
     }
+
+
+def _found_at(module: str, qualname: str, function: Any) -> bool:
+    """Whether ``module``'s ``qualname`` is ``function``: where a worker will look for it."""
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return False
+    return found is function or getattr(found, "__func__", None) is function
 
 
 def _describe_path(path: str, pk_override: Any) -> dict[str, Any]:

@@ -188,7 +188,14 @@ def submit(
     ``spec`` is a dict (or JSON text) in any of the three accepted shapes.
     Raises :class:`~sisy.exceptions.JobSpecError` and stores nothing when it is
     invalid. Inside a transaction the wake-up waits for the commit.
-    ``priority`` and ``run_after`` are as for :func:`store`.
+
+    ``channel``: the channel whose workers run the job (default
+    :setting:`SISY_RUN_CHANNEL`). ``priority`` (-32768 to 32767): among the
+    queued jobs of a channel, a worker starts the highest first, then the
+    oldest. ``run_after`` (an aware datetime): the job does not start before
+    it, and its wake-up is sent by the clock once it is due. A bad
+    ``channel``, ``priority`` or ``run_after`` raises ``ValueError`` naming
+    it, and nothing is stored.
     """
     job_spec = specs.parse(spec)
     return store(job_spec, channel=channel, priority=priority, run_after=run_after)

@@ -103,3 +103,26 @@ def test_pk_override_only_for_instance_methods() -> None:
         callables.describe("tests.testapp.tasks.record_run", pk_override=1)
     with pytest.raises(ValueError, match="pk_override"):
         callables.describe(tasks.record_run, pk_override=1)
+
+
+def test_a_function_a_worker_cannot_import_is_refused_by_name() -> None:
+    """Defined in a shell (Django's runs code in its command's module) or in __main__."""
+
+    def report(message: dict) -> None:
+        pass
+
+    for module in ("django.core.management.commands.shell", "__main__"):
+        report.__module__, report.__qualname__ = module, "report"
+        with pytest.raises(
+            ValueError, match=rf"cannot be imported by a worker as '{module}\.report'"
+        ):
+            callables.describe(report)
+
+
+def test_a_builtin_function_is_judged_as_a_function_of_its_module() -> None:
+    import math
+
+    # Its __self__ is its module: not "a method of a module", but a function whose
+    # signature is not a task function's.
+    with pytest.raises(ValueError, match=r"'math.floor' must take exactly one parameter"):
+        callables.describe(math.floor)

@@ -111,3 +111,28 @@ def test_the_worker_refuses_a_channel_its_application_does_not_route() -> None:
         CommandError, match=r"tests\.asgi\.application does not route .*sisy\.nowhere"
     ):
         call_command("sisy_worker", "sisy.run", "sisy.nowhere")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--timeout", "5"], "apply only with --wait"),
+        (["--interval", "1"], "apply only with --wait"),
+        (["--wait", "--timeout", "-1"], "--timeout must be a positive number of seconds, not -1"),
+        (["--wait", "--interval", "0"], "--interval must be a positive number of seconds"),
+        (["--wait", "--timeout", "nan"], "--timeout must be a positive number"),
+    ],
+)
+def test_submit_refuses_meaningless_options_before_submitting(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"record": {"label": "x"}}))
+    with pytest.raises(CommandError, match=message):
+        call_command("sisy_submit", str(spec), *arguments)
+    assert not Job.objects.exists()
+
+
+def test_status_refuses_a_negative_failure_count() -> None:
+    with pytest.raises(CommandError, match="--failures must be 0 or more, not -1"):
+        call_command("sisy_status", "--failures", "-1")

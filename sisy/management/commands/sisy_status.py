@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sisy.status import status_report
 
@@ -20,7 +20,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = status_report(failures=max(0, options["failures"]))
+        if options["failures"] < 0:
+            raise CommandError(f"--failures must be 0 or more, not {options['failures']}")
+        report = status_report(failures=options["failures"])
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
             return

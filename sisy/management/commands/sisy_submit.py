@@ -32,10 +32,16 @@ class Command(BaseCommand):
             help="With --wait, give up after this many seconds.",
         )
         parser.add_argument(
-            "--interval", type=float, default=0.2, help="With --wait, seconds between polls (0.2)."
+            "--interval", type=float, default=None, help="With --wait, seconds between polls (0.2)."
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        timeout, interval = options["timeout"], options["interval"]
+        if not options["wait"] and (timeout is not None or interval is not None):
+            raise CommandError("--timeout and --interval apply only with --wait")
+        for name, value in (("--timeout", timeout), ("--interval", interval)):
+            if value is not None and not value > 0:  # NaN too
+                raise CommandError(f"{name} must be a positive number of seconds, not {value}")
         text = self._read(options["spec"])
         try:
             job = submit(text)
@@ -45,7 +51,7 @@ class Command(BaseCommand):
             ) from None
         self.stdout.write(f"submitted job {job.job_id} ({job.job_title})")
         if options["wait"]:
-            self._follow(job, options["timeout"], max(0.05, options["interval"]))
+            self._follow(job, timeout, max(0.05, 0.2 if interval is None else interval))
 
     def _read(self, source: str) -> str:
         if source == "-":
