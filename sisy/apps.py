@@ -22,13 +22,9 @@ class SisyConfig(AppConfig):
         from sisy.conf import sisy_settings
 
         # Django registers its check of TASKS (which runs each backend's own
-        # check) only once django.tasks is imported: make sure it is, when
-        # sisy's backend is configured, so that `manage.py check` runs it.
-        tasks = getattr(settings, "TASKS", None)
-        if isinstance(tasks, dict) and any(
-            isinstance(entry, dict) and entry.get("BACKEND") == "sisy.backends.ChannelsBackend"
-            for entry in tasks.values()
-        ):
+        # check, sisy's included) only once django.tasks is imported: make
+        # sure it is where TASKS is set, so that `manage.py check` runs it.
+        if getattr(settings, "TASKS", None):
             with contextlib.suppress(ImportError):  # Django < 6.0 has no django.tasks
                 import_module("django.tasks")
 

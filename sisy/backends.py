@@ -171,11 +171,20 @@ class ChannelsBackend(BaseTaskBackend):
                 f"{where}['OPTIONS']['CHANNELS'] must map queue names to channel names, "
                 f"not {channels!r}"
             )
+        try:
+            clock_channel = sisy_settings.HEARTBEAT_CHANNEL
+        except ValueError:
+            clock_channel = None  # sisy.E003 says why
         for queue, channel in channels.items():
             if not isinstance(channel, str) or not _CHANNEL_NAME.match(channel):
                 raise InvalidTaskBackend(
                     f"{where}['OPTIONS']['CHANNELS'][{queue!r}] must be a channel name "
                     f"(at most 100 ASCII letters, digits, '.', '-' or '_'), not {channel!r}"
+                )
+            if channel == clock_channel:
+                raise InvalidTaskBackend(
+                    f"{where}['OPTIONS']['CHANNELS'][{queue!r}] is {channel!r}, the clock's "
+                    "channel (SISY_HEARTBEAT_CHANNEL), whose consumer runs no jobs"
                 )
             if self.queues and queue not in self.queues:
                 raise InvalidTaskBackend(
@@ -209,7 +218,8 @@ class ChannelsBackend(BaseTaskBackend):
 
     def validate_task(self, task: Task[..., Any]) -> None:
         super().validate_task(task)
-        self.channel_for(task.queue_name)
+        if self.invalid is None:  # else: defining tasks is fine; check and enqueue() say why
+            self.channel_for(task.queue_name)
 
     def enqueue(
         self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]
@@ -220,6 +230,8 @@ class ChannelsBackend(BaseTaskBackend):
         from sisy.sisy_modules import DJANGO_TASK_MODULE
         from sisy.spec import MAX_TITLE_LENGTH, JobSpec, TaskSpec
 
+        if self.invalid is not None:
+            raise InvalidTaskBackend(self.invalid)
         self.validate_task(task)
         try:
             stored_args = _to_json(list(args), "args")

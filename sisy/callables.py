@@ -101,11 +101,18 @@ def _describe_object(target: Any) -> dict[str, Any]:
             "module level (or a method of a class defined at module level)"
         )
     path = f"{module}.{qualname}"
-    if module == "__main__" or not _found_at(module, qualname, function):
+    found = None if module == "__main__" else _found_at(module, qualname)
+    if found is None:
         raise ValueError(
             f"{target!r} cannot be imported by a worker as {path!r}: define it in a module "
             "of your project that workers import (not in a shell, a notebook or a script "
             "run as __main__)"
+        )
+    if found is not function and getattr(found, "__func__", None) is not function:
+        raise ValueError(
+            f"{path!r} is another object than {target!r} (a decorator without "
+            "functools.wraps, or a name bound again?): a worker would run that one; pass "
+            "the object the module holds"
         )
     if owner is None:
         if "." in qualname:
@@ -134,14 +141,14 @@ def _describe_object(target: Any) -> dict[str, Any]:
     }
 
 
-def _found_at(module: str, qualname: str, function: Any) -> bool:
-    """Whether ``module``'s ``qualname`` is ``function``: where a worker will look for it."""
+def _found_at(module: str, qualname: str) -> Any:
+    """What ``module``'s ``qualname`` is (where a worker will look), or ``None``."""
     found: Any = sys.modules.get(module)
     for part in qualname.split("."):
         found = getattr(found, part, None)
         if found is None:
-            return False
-    return found is function or getattr(found, "__func__", None) is function
+            return None
+    return found
 
 
 def _describe_path(path: str, pk_override: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from django.conf import settings
@@ -88,13 +87,21 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         messages.extend(_check_socket_timeout(alias, layer))
         from sisy.heartbeat import redis_connection_kwargs
 
-        # An invalid SISY_REDIS_URL (ValueError) is sisy.E003's to report.
-        with contextlib.suppress(ValueError):
+        if _valid_redis_url():  # else sisy.E003 reports it
             try:
                 redis_connection_kwargs()
-            except ImproperlyConfigured as exc:
+            except (ImproperlyConfigured, ValueError) as exc:  # ValueError: a port, say
                 messages.append(checks.Warning(str(exc), id="sisy.W002"))
     return messages
+
+
+def _valid_redis_url() -> bool:
+    """Whether :setting:`SISY_REDIS_URL` is valid (unset included)."""
+    try:
+        _ = sisy_settings.REDIS_URL
+    except ValueError:
+        return False
+    return True
 
 
 @checks.register()

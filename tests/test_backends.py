@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from sisy import clock, dispatch, runner
 from sisy.models import Job, JobStatus, JobTask, JobTaskStatus
 from sisy.sisy_modules import DJANGO_TASK_MODULE
 from sisy.state import WorkerState
-from tests.conftest import Workers, wait_for, zcard
+from tests.conftest import ROOT, Workers, wait_for, zcard
 from tests.testapp.sisy_modules import recorded
 
 DJANGO_6 = django.VERSION >= (6, 0)
@@ -186,6 +187,42 @@ class TestConfiguration:
             pytest.raises(SystemCheckError, match=r"sisy\.E006.*unknown key 'X'"),
         ):
             call_command("check")
+
+    def test_tasks_defined_on_a_bad_backend_import_and_enqueue_refuses(self) -> None:
+        """Defining a task must not crash start-up (check says why); enqueuing raises."""
+        from django.tasks import Task
+
+        setting = {"default": {"BACKEND": "sisy.backends.ChannelsBackend", "OPTIONS": {"X": 1}}}
+        with override_settings(TASKS=setting):
+            defined = Task(priority=0, func=tasks.add.func, backend="default", queue_name="default",
+                           run_after=None, takes_context=False)  # fmt: skip
+            with pytest.raises(InvalidTaskBackend, match="unknown key 'X'"):
+                defined.enqueue(1, 2)
+        assert not Job.objects.exists()
+
+    def test_the_clock_s_channel_is_refused_for_a_queue(self) -> None:
+        backend = ChannelsBackend("x", {"OPTIONS": {"CHANNELS": {"default": "sisy.heartbeat"}}})
+        [error] = backend.check()
+        assert "the clock's channel" in error.msg
+
+    def test_manage_py_check_runs_django_s_check_of_tasks(self, tmp_path: Path) -> None:
+        """sisy imports django.tasks so that Django's check of TASKS (and E006) runs."""
+        (tmp_path / "bad_tasks_settings.py").write_text(
+            "from tests.settings import *\n"
+            "TASKS = {'default': {'BACKEND': 'sisy.backends.ChannelsBackend', "
+            "'OPTIONS': {'X': 1}}}\n"
+        )
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "bad_tasks_settings",
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "django", "check"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "sisy.E006" in done.stderr and "unknown key 'X'" in done.stderr
 
     def test_a_channel_no_worker_routes_is_a_warning(self) -> None:
         assert task_backends["default"].check() == []  # the test project routes sisy.emails

@@ -126,3 +126,14 @@ def test_a_builtin_function_is_judged_as_a_function_of_its_module() -> None:
     # signature is not a task function's.
     with pytest.raises(ValueError, match=r"'math.floor' must take exactly one parameter"):
         callables.describe(math.floor)
+
+
+def test_a_name_bound_to_another_object_is_refused() -> None:
+    """A worker imports the name: given another function under it, it would run that one."""
+
+    def report(message: dict) -> None:
+        pass
+
+    report.__module__, report.__qualname__ = tasks.__name__, "record_run"
+    with pytest.raises(ValueError, match=r"'tests.testapp.tasks.record_run' is another object"):
+        callables.describe(report)

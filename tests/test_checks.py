@@ -144,3 +144,12 @@ def test_project_routing_is_checked() -> None:
         assert ids(checks.check_routing()) == ["sisy.W005"]
     with override_settings(ASGI_APPLICATION=None):
         assert checks.check_routing() == []
+
+
+def test_a_bad_port_in_the_layer_s_hosts_is_a_warning_not_a_crash() -> None:
+    host = {"address": ("h", "x"), "socket_timeout": 10}
+    layers = {"default": {"BACKEND": "sisy.layers.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        found = checks.check_channel_layer()
+    assert ids(found) == ["sisy.W002"]
+    assert "'x'" in found[0].msg

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
 import sisy
 from sisy import heartbeat, runner
@@ -108,9 +109,40 @@ def test_an_unknown_layer_alias_is_named(command: str) -> None:
 
 def test_the_worker_refuses_a_channel_its_application_does_not_route() -> None:
     with pytest.raises(
-        CommandError, match=r"tests\.asgi\.application does not route .*sisy\.nowhere"
+        CommandError,
+        match=r"tests\.asgi\.application does not route the channel\(s\) sisy\.nowhere: "
+        r"route sisy\.nowhere to sisy\.consumers\.RunConsumer there .*leave them out",
     ):
         call_command("sisy_worker", "sisy.run", "sisy.nowhere")
+
+
+def test_the_worker_s_routing_advice_fits_each_channel(capsys: pytest.CaptureFixture[str]) -> None:
+    from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+
+    from sisy.consumers import RunConsumer
+    from sisy.management.commands.sisy_worker import Command
+
+    defaults = ["sisy.run", "sisy.heartbeat"]
+    command = Command()
+    # No "channel" key at all: sisy's channels need sisy's routes, not RunConsumer.
+    bare = ProtocolTypeRouter({})
+    with pytest.raises(CommandError) as refused:
+        command._routed_channels(bare, defaults, named=False)
+    message = str(refused.value)
+    assert "route sisy.run, sisy.heartbeat with sisy.routing.channel_routes()" in message
+    assert "RunConsumer" not in message and "name the channels to listen on" in message
+    # Only the run channel routed, channels not named: it runs jobs, and says what it leaves.
+    run_only = ProtocolTypeRouter({"channel": ChannelNameRouter({"sisy.run": RunConsumer})})
+    assert command._routed_channels(run_only, defaults, named=False) == ["sisy.run"]
+    assert "listening on sisy.run only" in capsys.readouterr().err
+    with pytest.raises(CommandError, match=r"sisy\.heartbeat"):
+        command._routed_channels(run_only, defaults, named=True)
+
+
+@override_settings(SISY_CHANNEL_LAYER="")
+def test_an_invalid_layer_setting_is_a_command_error() -> None:
+    with pytest.raises(CommandError, match="SISY_CHANNEL_LAYER must be a non-empty string"):
+        call_command("sisy_heartbeat")
 
 
 @pytest.mark.parametrize(
@@ -121,6 +153,7 @@ def test_the_worker_refuses_a_channel_its_application_does_not_route() -> None:
         (["--wait", "--timeout", "-1"], "--timeout must be a positive number of seconds, not -1"),
         (["--wait", "--interval", "0"], "--interval must be a positive number of seconds"),
         (["--wait", "--timeout", "nan"], "--timeout must be a positive number"),
+        (["--wait", "--interval", "inf"], "--interval must be a finite number of seconds"),
     ],
 )
 def test_submit_refuses_meaningless_options_before_submitting(

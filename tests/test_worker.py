@@ -410,3 +410,25 @@ def test_a_send_that_returns_a_coroutine_is_called_without_a_warning() -> None:
         assert not [w for w in caught if "non-async-marked" in str(w.message)]
     assert sent == [{"n": 1}, {"n": 2}]
     assert _marked_async(deliver) is deliver
+
+
+def test_the_run_consumer_gives_asgiref_a_coroutine_function_as_send() -> None:
+    """As Channels' worker (runworker) calls it: a lambda as ``send``, no warning."""
+    import asyncio
+    import warnings
+
+    from channels.exceptions import StopConsumer
+
+    from sisy.consumers import RunConsumer
+
+    async def receive() -> Any:
+        raise StopConsumer
+
+    async def deliver(message: Any) -> None:
+        pass
+
+    application = RunConsumer.as_asgi()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message="async_to_sync was passed a non-async-marked")
+        asyncio.run(application({"type": "channel"}, receive, lambda m: deliver(m)))
+    assert not [w for w in caught if "non-async-marked" in str(w.message)]

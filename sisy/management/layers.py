@@ -15,7 +15,11 @@ def channel_layer(alias: str | None) -> Any:
     from channels.layers import get_channel_layer
 
     source = "--layer" if alias else "SISY_CHANNEL_LAYER"
-    alias = alias or sisy_settings.CHANNEL_LAYER
+    if not alias:
+        try:
+            alias = sisy_settings.CHANNEL_LAYER
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     layer = get_channel_layer(alias)
     if layer is not None:
         return layer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ class Command(BaseCommand):
         for name, value in (("--timeout", timeout), ("--interval", interval)):
             if value is not None and not value > 0:  # NaN too
                 raise CommandError(f"{name} must be a positive number of seconds, not {value}")
+        if interval is not None and not math.isfinite(interval):
+            raise CommandError(f"--interval must be a finite number of seconds, not {interval}")
         text = self._read(options["spec"])
         try:
             job = submit(text)

@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from sisy.conf import sisy_settings
 from sisy.management.layers import channel_layer
 from sisy.routing import channel_names, routed
 from sisy.state import WorkerState
@@ -33,6 +34,44 @@ class Command(BaseCommand):
             help="Most wake-ups buffered per channel (default: SISY_WORKER_PREFETCH).",
         )
 
+    def _routed_channels(self, application: Any, channels: list[str], named: bool) -> list[str]:
+        """The channels to listen on; ``CommandError`` for one the application does not route.
+
+        Each message on such a channel would fail (``No application
+        configured for channel name``). With the default channels, a worker
+        whose application routes the run channel but not the clock's listens
+        on the run channel only (a warning says so): the ticks are left to
+        workers that route them. Routing sisy cannot read (a custom router, a
+        middleware) is trusted.
+        """
+        routes = routed(application)
+        if routes is None:
+            return channels
+        missing = [channel for channel in channels if channel not in routes]
+        if not missing:
+            return channels
+        where = (
+            str(settings.ASGI_APPLICATION)
+            if getattr(settings, "ASGI_APPLICATION", None)
+            else "sisy's own router (ASGI_APPLICATION is not set)"
+        )
+        if not named and missing == [sisy_settings.HEARTBEAT_CHANNEL]:
+            kept = [channel for channel in channels if channel not in missing]
+            self.stderr.write(
+                f"{where} does not route {missing[0]}: listening on {', '.join(kept)} only, "
+                f"and leaving clock ticks to workers that route it ({_advice(missing)})."
+            )
+            return kept
+        leave = (
+            "or leave them out of the command line"
+            if named
+            else "or name the channels to listen on (e.g. sisy_worker sisy.run)"
+        )
+        raise CommandError(
+            f"{where} does not route the channel(s) {', '.join(missing)}: "
+            f"{_advice(missing)}, {leave}."
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         from sisy.worker import SisyWorker
 
@@ -41,7 +80,7 @@ class Command(BaseCommand):
             raise CommandError("--prefetch must be at least 1")
         channels = options["channels"] or channel_names()
         application = _application()
-        _check_routed(application, channels)
+        channels = self._routed_channels(application, channels, named=bool(options["channels"]))
         worker_state = WorkerState(worker_id=options["worker_id"], channels=tuple(channels))
         if options["verbosity"] >= 1:
             self.stdout.write(f"sisy worker {worker_state.worker_id} on {', '.join(channels)}")
@@ -67,25 +106,16 @@ def _application() -> Any:
     return ChannelNameRouter(channel_routes())
 
 
-def _check_routed(application: Any, channels: list[str]) -> None:
-    """Refuse to start on a channel the application is known not to route.
-
-    Its every message would fail (``No application configured for channel
-    name``) and its jobs would wait for nothing. An application whose routes
-    sisy cannot see (a custom router, a middleware) is trusted.
-    """
-    routes = routed(application)
-    if routes is None:
-        return
-    missing = [channel for channel in channels if channel not in routes]
-    if missing:
-        where = (
-            settings.ASGI_APPLICATION
-            if getattr(settings, "ASGI_APPLICATION", None)
-            else ("sisy's own router (no ASGI_APPLICATION is set)")
+def _advice(channels: list[str]) -> str:
+    """How to route ``channels``: sisy's own with its routes, others to its run consumer."""
+    own = [channel for channel in channels if channel in channel_names()]
+    others = [channel for channel in channels if channel not in own]
+    advice = []
+    if own:
+        advice.append(
+            f"route {', '.join(own)} with sisy.routing.channel_routes() in the ChannelNameRouter "
+            'under the "channel" key of its ProtocolTypeRouter'
         )
-        raise CommandError(
-            f"{where} does not route the channel(s) {', '.join(missing)}: route each to "
-            "sisy.consumers.RunConsumer in its ChannelNameRouter (see sisy's docs on "
-            "channels), or leave them out."
-        )
+    if others:
+        advice.append(f"route {', '.join(others)} to sisy.consumers.RunConsumer there")
+    return "; ".join(advice) + " (see sisy's installation docs)"
