@@ -169,3 +169,22 @@ def test_submit_refuses_meaningless_options_before_submitting(
 def test_status_refuses_a_negative_failure_count() -> None:
     with pytest.raises(CommandError, match="--failures must be 0 or more, not -1"):
         call_command("sisy_status", "--failures", "-1")
+
+
+@override_settings(SISY_HEARTBEAT_FREQUENCY=60)
+def test_the_clock_says_where_and_how_often_it_ticks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sisy.management.commands import sisy_heartbeat
+
+    ran: list[tuple[str, float]] = []
+
+    async def run_clock(layer: object, channel: str, frequency: float) -> None:
+        ran.append((channel, frequency))
+
+    monkeypatch.setattr(sisy_heartbeat, "run_clock", run_clock)
+    call_command("sisy_heartbeat")
+    assert ran == [("sisy.heartbeat", 60.0)]
+    assert capsys.readouterr().out == "sisy clock on sisy.heartbeat: a tick every 60 s\n"
+    call_command("sisy_heartbeat", "-v", "0")
+    assert capsys.readouterr().out == ""

@@ -41,9 +41,11 @@ class Command(BaseCommand):
                 )
             return
         layer = channel_layer(options["layer"])
-        asyncio.run(
-            run_clock(layer, sisy_settings.HEARTBEAT_CHANNEL, sisy_settings.HEARTBEAT_FREQUENCY)
-        )
+        channel, frequency = sisy_settings.HEARTBEAT_CHANNEL, sisy_settings.HEARTBEAT_FREQUENCY
+        if options["verbosity"] >= 1:
+            self.stdout.write(f"sisy clock on {channel}: a tick every {frequency:g} s")
+            self.stdout.flush()
+        asyncio.run(run_clock(layer, channel, frequency))
 
 
 async def run_clock(layer: Any, channel: str, frequency: float) -> None:
