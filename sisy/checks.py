@@ -212,31 +212,34 @@ def check_routing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
     ]
 
 
-def unrouted(channels: list[str]) -> tuple[str, list[str]] | None:
+def unrouted(channels: list[str], application: Any = None) -> tuple[str, list[str]] | None:
     """Which of ``channels`` the application that workers run does not route, if known.
 
     ``(what that application is, the channels missing)``; ``None`` when all
     are routed, or when the routing cannot be read (a custom router; an
     ``ASGI_APPLICATION`` that does not load, which sisy.W005 reports).
-    Without ``ASGI_APPLICATION`` workers route only sisy's own channels.
+    ``application`` is that application when the caller has it loaded (as
+    ``sisy_worker`` has); otherwise ``ASGI_APPLICATION`` is loaded, and
+    without that setting workers route only sisy's own channels.
     """
     from django.utils.module_loading import import_string
 
     from sisy.routing import channel_names
 
     path = getattr(settings, "ASGI_APPLICATION", None)
-    if path:
+    where = str(path) if path else "sisy's own router (ASGI_APPLICATION is not set)"
+    if application is not None:
+        routes = _channel_routes(application)
+    elif path:
         try:
             routes = _channel_routes(import_string(path))
         except Exception:
             return None
-        where = str(path)
     else:
         try:
             routes = set(channel_names())
         except ValueError:
             return None  # reported by sisy.E003
-        where = "sisy's own router (ASGI_APPLICATION is not set)"
     if routes is None:
         return None
     missing = [channel for channel in channels if channel not in routes]

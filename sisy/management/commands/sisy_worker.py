@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sisy.conf import sisy_settings
 from sisy.management.layers import channel_layer
-from sisy.routing import channel_names, routed
+from sisy.routing import channel_names
 from sisy.state import WorkerState
 
 
@@ -44,17 +44,12 @@ class Command(BaseCommand):
         workers that route them. Routing sisy cannot read (a custom router, a
         middleware) is trusted.
         """
-        routes = routed(application)
-        if routes is None:
+        from sisy.checks import unrouted
+
+        found = unrouted(channels, application)
+        if found is None:
             return channels
-        missing = [channel for channel in channels if channel not in routes]
-        if not missing:
-            return channels
-        where = (
-            str(settings.ASGI_APPLICATION)
-            if getattr(settings, "ASGI_APPLICATION", None)
-            else "sisy's own router (ASGI_APPLICATION is not set)"
-        )
+        where, missing = found
         if not named and missing == [sisy_settings.HEARTBEAT_CHANNEL]:
             kept = [channel for channel in channels if channel not in missing]
             self.stderr.write(
@@ -108,8 +103,9 @@ def _application() -> Any:
 
 def _advice(channels: list[str]) -> str:
     """How to route ``channels``: sisy's own with its routes, others to its run consumer."""
-    own = [channel for channel in channels if channel in channel_names()]
-    others = [channel for channel in channels if channel not in own]
+    sisy_own = channel_names()
+    own = [channel for channel in channels if channel in sisy_own]
+    others = [channel for channel in channels if channel not in sisy_own]
     advice = []
     if own:
         advice.append(
